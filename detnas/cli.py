@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 __all__ = ["main"]
 
@@ -62,7 +64,101 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_flops)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_flops]
+def _json_arg(text: str) -> Any:
+    """A JSON value given inline, or ``@path`` to a JSON file."""
+    try:
+        if text.startswith("@"):
+            with open(text[1:]) as f:
+                return json.load(f)
+        return json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
+
+
+def _stage_args(p: argparse.ArgumentParser, *, mlflow: bool = True, compute: bool = False) -> None:
+    p.add_argument("--settings", type=_json_arg, required=True, help="the stage's settings as JSON (or @file)")
+    if mlflow:
+        p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": p.prog.split()[-1]},
+                       help='MLflow run as JSON: {"experiment", "run_name", "tags"}')
+    if compute:
+        p.add_argument("--threads", type=int, default=0, help="CPU threads of the job (0: torch's default)")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from .data import synthetic
+
+    s = args.settings
+    if args.kind == "detection":
+        synthetic.synthesize_detection(args.out, **s)
+    else:
+        synthetic.synthesize_classification(args.out, **s)
+    return 0
+
+
+def _add_synthesize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synthesize", help="draw the embedded synthetic shapes datasets")
+    p.add_argument("--kind", choices=["detection", "classification"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    _stage_args(p, mlflow=False)
+    p.set_defaults(func=_synthesize)
+
+
+def _split_detection(args: argparse.Namespace) -> int:
+    from .stages.split import run_split_detection
+
+    run_split_detection(args.settings, out_dir=args.out_dir, mlflow=args.mlflow)
+    return 0
+
+
+def _split_classification(args: argparse.Namespace) -> int:
+    from .stages.split import run_split_classification
+
+    run_split_classification(args.settings, out=args.out, mlflow=args.mlflow)
+    return 0
+
+
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split-detection", help="validate a detection dataset; cut the search-validation split")
+    p.add_argument("--out-dir", type=Path, required=True)
+    _stage_args(p)
+    p.set_defaults(func=_split_detection)
+    p = sub.add_parser("split-classification", help="validate a classification dataset; hold out ClsNAS's images")
+    p.add_argument("--out", type=Path, required=True)
+    _stage_args(p)
+    p.set_defaults(func=_split_classification)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .stages.pretrain import run_pretrain
+
+    run_pretrain(
+        args.settings, split_file=args.split, weights_out=args.weights, metrics_out=args.metrics,
+        curves_out=args.curves, checkpoint_dir=args.checkpoint_dir, arch=args.arch, val_root=args.val,
+        mlflow=args.mlflow, threads=args.threads, device=args.device,
+    )
+    return 0
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="classification training: the supernet, or one architecture (--arch)")
+    p.add_argument("--split", type=Path, required=True, help="split.json of the classification data")
+    p.add_argument("--arch", help="train this architecture as a standalone network instead of the supernet")
+    p.add_argument("--val", type=Path, help="ImageFolder root for the final top-1 (with --arch)")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--curves", type=Path, required=True)
+    p.add_argument("--checkpoint-dir", type=Path, required=True)
+    _stage_args(p, compute=True)
+    p.set_defaults(func=_pretrain)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_flops,
+    _add_synthesize,
+    _add_split,
+    _add_pretrain,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,327 @@
+"""COCO-style detection data: validation, the search split, and a torch Dataset over it.
+
+Every detection annotation file the pipeline uses is a COCO-style JSON dict with boxes only (no
+``segmentation``) plus one extra top-level key::
+
+    "detnas": {"image_roots": ["/abs/dir", ...], "source": "<original file or description>"}
+
+An image's ``file_name`` is resolved against the image roots in order; the first root where the file
+exists wins (COCO 2014's trainval35k spans ``train2014/`` and ``val2014/``). Category ids stay as in
+the source (COCO: 1..90 with gaps); models see contiguous labels 1..K, the position of the category id
+in the sorted id list plus one (0 is background).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+
+from ..io import write_json_atomic  # re-exported: callers write prepared/split files with it
+
+__all__ = [
+    "DataError",
+    "DetectionDataset",
+    "collate_detection",
+    "load_coco_json",
+    "prepare_detection",
+    "resolve_image",
+    "split_detection",
+    "validate_detection",
+    "write_json_atomic",
+]
+
+# Annotation tools round box corners to the pixel grid; COCO has boxes that end a fraction of a pixel
+# past the border. Anything further out is a real annotation error.
+BOX_TOLERANCE_PX = 1.0
+PROGRESS_EVERY = 10_000
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+def load_coco_json(path: Path) -> dict:
+    """Read a COCO-style JSON file; DataError when missing, not JSON, or lacking the three lists."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: missing list '{key}' (keys present: {sorted(data)})")
+    return data
+
+
+def resolve_image(file_name: str, roots: Sequence[Path | str]) -> Path | None:
+    """The first ``root / file_name`` that exists, or None."""
+    for root in roots:
+        p = Path(root) / file_name
+        if p.is_file():
+            return p
+    return None
+
+
+def _check_image_file(path: Path, width: int, height: int, source: str) -> None:
+    """Header read only (no decode): the file is an image and its size matches the JSON."""
+    try:
+        with Image.open(path) as im:
+            size = im.size  # (W, H) from the header
+            im.verify()  # PNG: chunk CRCs; JPEG: header only. Cheap either way.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{source}: image {path} is unreadable or corrupt ({e})") from e
+    if size != (width, height):
+        raise DataError(
+            f"{source}: image {path} is {size[0]}x{size[1]} (WxH) but the JSON says {width}x{height}"
+        )
+
+
+def validate_detection(
+    dataset: dict, *, source: str, check_images: bool = True, drop_degenerate: bool = False
+) -> dict:
+    """Validate an internal-format dict and return it (a new dict; the input is not modified).
+
+    Checks, each failing with a DataError that starts with ``source``: non-empty images and
+    annotations; unique image ids; every annotation's image_id is an image and its category_id is
+    declared; every box has positive width and height and lies inside its image (±1 px); with
+    ``check_images``, every image exists under some root, its header is readable and its size
+    matches width/height. ``drop_degenerate`` drops zero/negative-size boxes (with a note on
+    stderr) instead of failing: COCO train2017 has two with height 0 (annotation ids 918, 2206849).
+    """
+    roots = [Path(r) for r in dataset.get("detnas", {}).get("image_roots", [])]
+    if not roots:
+        raise DataError(f"{source}: no image roots given ('detnas.image_roots' is empty)")
+    for root in roots:
+        if not root.is_dir():
+            raise DataError(f"{source}: image root {root} is not a directory")
+    images, anns = dataset["images"], dataset["annotations"]
+    if not images:
+        raise DataError(f"{source}: empty dataset (no images)")
+    if not anns:
+        raise DataError(f"{source}: empty dataset (no annotations)")
+
+    sizes: dict[int, tuple[float, float]] = {}
+    for img in images:
+        for key in ("id", "file_name", "width", "height"):
+            if key not in img:
+                raise DataError(f"{source}: image entry {img!r:.200} lacks '{key}'")
+        if img["id"] in sizes:
+            raise DataError(f"{source}: duplicate image id {img['id']}")
+        sizes[img["id"]] = (img["width"], img["height"])
+    cat_ids = {c["id"] for c in dataset["categories"]}
+
+    kept, dropped = [], []
+    for ann in anns:
+        for key in ("id", "image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise DataError(f"{source}: annotation {ann.get('id', '?')} lacks '{key}'")
+        aid, iid = ann["id"], ann["image_id"]
+        if iid not in sizes:
+            raise DataError(f"{source}: annotation {aid} refers to image_id {iid}, which is not an image")
+        if ann["category_id"] not in cat_ids:
+            raise DataError(
+                f"{source}: annotation {aid} has category_id {ann['category_id']}, not declared in "
+                f"'categories' (declared: {sorted(cat_ids)})"
+            )
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+            raise DataError(f"{source}: annotation {aid} bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+        x, y, w, h = bbox
+        if w <= 0 or h <= 0:
+            if drop_degenerate:
+                dropped.append(aid)
+                continue
+            raise DataError(f"{source}: annotation {aid} (image {iid}) has a zero/negative-size box {ann['bbox']}")
+        width, height = sizes[iid]
+        tol = BOX_TOLERANCE_PX
+        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            raise DataError(
+                f"{source}: annotation {aid} box {ann['bbox']} (xywh) lies outside image {iid} "
+                f"of size {width}x{height}"
+            )
+        kept.append(ann)
+    if dropped:
+        print(f"{source}: dropped {len(dropped)} zero-size boxes, annotation ids {dropped[:20]}", file=sys.stderr)
+    if not kept:
+        raise DataError(f"{source}: empty dataset (no annotations left)")
+
+    if check_images:
+        for n, img in enumerate(images, start=1):
+            path = resolve_image(img["file_name"], roots)
+            if path is None:
+                raise DataError(
+                    f"{source}: image '{img['file_name']}' (id {img['id']}) not found under any root "
+                    f"(tried {[str(r) for r in roots]})"
+                )
+            _check_image_file(path, img["width"], img["height"], source)
+            if n % PROGRESS_EVERY == 0:
+                print(f"{source}: checked {n}/{len(images)} images", file=sys.stderr, flush=True)
+    return {**dataset, "annotations": kept}
+
+
+def prepare_detection(
+    ann_file: Path,
+    image_roots: list[Path],
+    *,
+    check_images: bool = True,
+    drop_degenerate: bool = False,
+) -> dict:
+    """Load a COCO-style file and return it validated, in the internal format.
+
+    Segmentations are dropped, the ``detnas`` key is added (roots made absolute). The input file is
+    only read. See ``validate_detection`` for the checks and ``drop_degenerate``.
+    """
+    ann_file = Path(ann_file)
+    data = load_coco_json(ann_file)
+    anns = [{k: v for k, v in a.items() if k != "segmentation"} for a in data["annotations"]]
+    detnas = {"image_roots": [str(Path(r).absolute()) for r in image_roots], "source": str(ann_file.absolute())}
+    out = {**data, "annotations": anns, "detnas": detnas}
+    return validate_detection(out, source=str(ann_file), check_images=check_images, drop_degenerate=drop_degenerate)
+
+
+def split_detection(dataset: dict, *, size: int | float, seed: int) -> tuple[dict, dict]:
+    """Cut a seeded random search-validation subset of images out of ``dataset``.
+
+    ``size``: an int is a number of images (the paper: 5000); a float in (0, 1) a fraction.
+    Returns ``(supernet_train, search_val)``, disjoint, together all images; annotations follow
+    their images, categories and other top-level keys are carried along.
+    """
+    images = dataset["images"]
+    n = len(images)
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise ValueError(f"split size must be an int count or a float fraction, got {size!r}")
+    if isinstance(size, float):
+        if not 0.0 < size < 1.0:
+            raise ValueError(f"split fraction must be in (0, 1), got {size}")
+        k = int(round(size * n))
+    else:
+        k = size
+    if not 0 < k < n:
+        raise ValueError(f"split size must leave both parts non-empty: got {size!r} -> {k} of {n} images")
+
+    # Sort ids first so the split depends on the seed and the image set, not on file order.
+    ids = np.array(sorted(img["id"] for img in images))
+    rng = np.random.default_rng(seed)
+    val_ids = set(ids[rng.choice(n, size=k, replace=False)].tolist())
+
+    def part(name: str, keep: bool) -> dict:
+        imgs = [img for img in images if (img["id"] in val_ids) == keep]
+        img_ids = {img["id"] for img in imgs}
+        anns = [a for a in dataset["annotations"] if a["image_id"] in img_ids]
+        detnas = {**copy.deepcopy(dataset.get("detnas", {})), "split": {"part": name, "size": size, "seed": seed}}
+        return {**dataset, "images": imgs, "annotations": anns, "detnas": detnas}
+
+    return part("supernet_train", False), part("search_val", True)
+
+
+def _quiet_coco(dataset: dict) -> COCO:
+    """A pycocotools COCO index over an in-memory dict, without its progress prints."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class DetectionDataset(Dataset):
+    """Images and box targets from an internal-format annotation file.
+
+    ``__getitem__`` returns ``(image, target)``: image float32 (3, H, W) in [0, 1]; target
+    ``boxes`` float32 (N, 4) XYXY in pixels, ``labels`` int64 (N,) in 1..K, ``image_id`` int.
+    Crowd annotations are left out of targets (they stay in ``coco`` for evaluation).
+    ``train=True`` adds a random horizontal flip (torch's global RNG) and, unless ``skip_empty``
+    says otherwise, skips images without non-crowd boxes. ``image_ids`` restricts to those images.
+    """
+
+    def __init__(
+        self,
+        ann_file: Path,
+        *,
+        train: bool = False,
+        image_ids: Sequence[int] | None = None,
+        skip_empty: bool | None = None,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        data = load_coco_json(self.ann_file)
+        roots = data.get("detnas", {}).get("image_roots")
+        if not roots:
+            raise DataError(f"{self.ann_file}: no 'detnas.image_roots'; prepare it with prepare_detection first")
+        self.image_roots = [Path(r) for r in roots]
+        self.train = train
+        self.coco = _quiet_coco(data)
+        self.category_ids: list[int] = sorted(self.coco.cats)
+        self.num_classes = len(self.category_ids)
+        self._label = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+
+        ids = [img["id"] for img in data["images"]] if image_ids is None else list(image_ids)
+        unknown = [i for i in ids if i not in self.coco.imgs]
+        if unknown:
+            raise DataError(f"{self.ann_file}: requested image ids not in the file: {unknown[:10]}")
+        skip = train if skip_empty is None else skip_empty
+        if skip:
+            ids = [i for i in ids if self._objects(i)]
+        if not ids:
+            raise DataError(f"{self.ann_file}: no images left to load (train={train}, skip_empty={skip_empty})")
+        self.image_ids: list[int] = ids
+        self._flip = v2.RandomHorizontalFlip(p=0.5)
+
+    def _objects(self, image_id: int) -> list[dict]:
+        return [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = resolve_image(info["file_name"], self.image_roots)
+        if path is None:
+            raise DataError(
+                f"{self.ann_file}: image '{info['file_name']}' not found under {[str(r) for r in self.image_roots]}"
+            )
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # uint8 (3, H, W)
+        except RuntimeError as e:
+            raise DataError(f"{self.ann_file}: cannot decode image {path} ({e})") from e
+        h, w = image.shape[-2:]
+        if (w, h) != (info["width"], info["height"]):
+            raise DataError(
+                f"{self.ann_file}: image {path} decodes to {w}x{h} but the JSON says {info['width']}x{info['height']}"
+            )
+
+        objs = self._objects(image_id)
+        boxes = torch.tensor([a["bbox"] for a in objs], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        labels = torch.tensor([self._label[a["category_id"]] for a in objs], dtype=torch.int64)
+        image = image.float().div_(255.0)
+        if self.train:
+            img_tv = tv_tensors.Image(image)
+            boxes_tv = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))
+            img_tv, boxes_tv = self._flip(img_tv, boxes_tv)
+            image, boxes = img_tv.as_subclass(torch.Tensor), boxes_tv.as_subclass(torch.Tensor)
+        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Images differ in size, so a batch is two lists (what torchvision detectors take)."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)

@@ -1,0 +1,348 @@
+"""Training: schedules, SGD without decay on BN/bias, an infinite resumable sampler, checkpoints,
+progress, and the one training loop every stage uses (classification and detection, supernet and
+standalone)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import zlib
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from .distributed import Dist
+from .io import load_checkpoint, save_checkpoint
+from .space import Arch, SearchSpace
+from .supernet import set_path
+
+__all__ = [
+    "Checkpointer",
+    "InfiniteSampler",
+    "Preempted",
+    "Progress",
+    "Schedule",
+    "fingerprint",
+    "make_sgd",
+    "schedule_dict",
+    "train",
+    "uniform_path",
+    "unwrap",
+]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An iteration-based SGD schedule.
+
+    ``policy`` "linear": lr decays linearly from ``lr`` to 0 (supernet ImageNet pre-training);
+    "step": lr is multiplied by ``gamma`` at each milestone (detection, the "1x" schedule).
+    A linear warm-up from ``lr * warmup_factor`` over ``warmup_iterations`` applies to both.
+    """
+
+    iterations: int
+    lr: float
+    policy: str = "linear"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_iterations: int = 0
+    warmup_factor: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"schedule iterations must be >= 1, got {self.iterations}")
+        if self.lr <= 0:
+            raise ValueError(f"schedule lr must be > 0, got {self.lr}")
+        if self.policy not in ("linear", "step"):
+            raise ValueError(f"schedule policy must be 'linear' or 'step', got {self.policy!r}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"schedule milestones must be increasing, got {list(self.milestones)}")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of (0-based) iteration ``step``."""
+        if self.policy == "linear":
+            lr = self.lr * max(0.0, 1.0 - step / self.iterations)
+        else:
+            lr = self.lr * self.gamma ** sum(step >= m for m in self.milestones)
+        if step < self.warmup_iterations:
+            alpha = step / self.warmup_iterations
+            lr *= self.warmup_factor * (1 - alpha) + alpha
+        return lr
+
+    def scaled(self, factor: float) -> "Schedule":
+        """The same schedule stretched ``factor`` times (DetNAS-scratch trains 2x as long)."""
+        return replace(
+            self,
+            iterations=round(self.iterations * factor),
+            milestones=tuple(round(m * factor) for m in self.milestones),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Schedule":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown schedule keys {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+def make_sgd(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on conv/linear weights only, not on BN parameters or biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": schedule.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=schedule.lr_at(0),
+        momentum=schedule.momentum,
+    )
+
+
+class InfiniteSampler(Sampler[int]):
+    """An endless stream of dataset indices, reshuffled every epoch with ``(seed, epoch)``.
+
+    Rank ``r`` of ``w`` takes positions r, r + w, r + 2w, ... of the global stream, so ranks see
+    disjoint samples. ``start`` skips that many of this rank's samples: a resumed run continues the
+    stream where the checkpoint left it.
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 shuffle: bool = True) -> None:
+        if size < 1:
+            raise ValueError(f"cannot sample from an empty dataset (size {size})")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.start, self.shuffle = start, shuffle
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def __iter__(self) -> Iterator[int]:
+        pos = self.start * self.world_size + self.rank
+        epoch, order = -1, np.empty(0, dtype=np.int64)
+        while True:
+            e, offset = divmod(pos, self.size)
+            if e != epoch:
+                epoch, order = e, self._order(e)
+            yield int(order[offset])
+            pos += self.world_size
+
+
+def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:
+    """The path of iteration ``step``: uniform over the space, and a function of (seed, step) only,
+    so every rank draws the same path without communicating and a resumed run replays the same
+    paths."""
+    return space.sample(np.random.default_rng([seed, step]))
+
+
+def fingerprint(settings: Any) -> str:
+    """A short hash of a stage's settings; a checkpoint of other settings is not resumed."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Checkpointer:
+    """``last.pt`` in ``directory``, written atomically by rank 0 every ``every`` steps."""
+
+    def __init__(self, directory: str | Path, *, settings_hash: str, every: int, dist: Dist) -> None:
+        self.path = Path(directory) / "last.pt"
+        self.settings_hash = settings_hash
+        self.every = max(1, every)
+        self.dist = dist
+
+    def load(self) -> dict[str, Any] | None:
+        """The last checkpoint of a run with the same settings, or None (fresh start)."""
+        if not self.path.is_file():
+            return None
+        state = load_checkpoint(self.path)
+        if state.get("settings_hash") != self.settings_hash:
+            print(f"checkpoint {self.path} belongs to other settings; starting afresh", flush=True)
+            return None
+        print(f"resuming from {self.path} at step {state['step']}", flush=True)
+        return state
+
+    def maybe_save(self, step: int, total: int, state_fn: Callable[[], dict[str, Any]]) -> None:
+        """After completing ``step`` steps: save every ``every`` steps (not at the very end)."""
+        if step % self.every or step >= total:
+            return
+        self.save(step, state_fn)
+
+    def save(self, step: int, state_fn: Callable[[], dict[str, Any]]) -> None:
+        """Save now: ``step`` steps are complete."""
+        if self.dist.is_main:
+            state = state_fn()
+            state["step"] = step
+            state["settings_hash"] = self.settings_hash
+            save_checkpoint(state, self.path)
+        self.dist.barrier()
+
+    def remove(self) -> None:
+        if self.dist.is_main:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Progress:
+    """Prints step, loss, lr, images/s and ETA every ``every`` steps; keeps the curve.
+
+    ``history`` rows: {"step", "loss", "lr", "images_per_s", <named losses>...}, averaged over the
+    interval; ``sink`` receives each row (e.g. MLflow metrics).
+    """
+
+    total: int
+    every: int = 10
+    images_per_step: int = 1
+    name: str = "train"
+    history: list[dict[str, float]] = field(default_factory=list)
+    sink: Callable[[dict[str, float]], None] | None = None
+    _sums: dict[str, float] = field(default_factory=dict)
+    _count: int = 0
+    _t0: float = field(default_factory=time.perf_counter)
+    _t_start: float = field(default_factory=time.perf_counter)
+    _steps_timed: int = 0
+
+    def update(self, step: int, losses: dict[str, float], lr: float, *, extra: dict[str, float] | None = None) -> None:
+        """Record completed step ``step`` (1-based)."""
+        for k, v in losses.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        if step % self.every and step != self.total:
+            return
+        now = time.perf_counter()
+        dt = now - self._t0
+        rate = self._count * self.images_per_step / dt if dt > 0 else float("nan")
+        row = {"step": step, "lr": lr, "images_per_s": rate}
+        row.update({k: v / self._count for k, v in self._sums.items()})
+        row.update(extra or {})
+        self.history.append(row)
+        self._steps_timed += self._count
+        spent = now - self._t_start
+        eta = spent / self._steps_timed * (self.total - step) if self._steps_timed else 0.0
+        named = " ".join(f"{k} {v / self._count:.4f}" for k, v in self._sums.items() if k != "loss")
+        print(
+            f"[{self.name}] step {step}/{self.total} loss {row['loss']:.4f} {named} lr {lr:.5f} "
+            f"{rate:.1f} img/s eta {_fmt_seconds(eta)}",
+            flush=True,
+        )
+        if self.sink is not None:
+            self.sink(row)
+        self._sums, self._count, self._t0 = {}, 0, now
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class _StopRequest:
+    """Remembers a SIGTERM (cluster preemption, ``scancel``) so the loop can checkpoint and exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopRequest":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, rely on periodic checkpoints
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(SystemExit):
+    """Raised after a SIGTERM once the state is checkpointed; exit status 143 as for SIGTERM."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(143)
+        self.step = step
+
+
+def train(
+    *,
+    model: nn.Module,
+    step_losses: Callable[[Any], dict[str, Tensor]],
+    batches: Iterator[Any],
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    start_step: int,
+    progress: Progress,
+    checkpointer: Checkpointer,
+    state_fn: Callable[[], dict[str, Any]],
+    path_for_step: Callable[[int], Arch] | None = None,
+    dist: Dist,
+) -> None:
+    """Run iterations ``start_step .. schedule.iterations - 1``.
+
+    Each iteration: set this step's path (``path_for_step``, supernets only; a function of the step,
+    so every rank holds the same path, which is checked), set the lr, losses =
+    ``step_losses(batch)``, backward their sum, SGD step. Gradients are set to None (not zero)
+    before each step, so parameters off the path are skipped by SGD: no momentum, no weight decay.
+    ``state_fn`` gives what a checkpoint holds besides the step. On SIGTERM the state is saved after
+    the current step and ``Preempted`` is raised; a rerun resumes from there.
+    """
+    model.train()
+    with _StopRequest() as stop:
+        for step in range(start_step, schedule.iterations):
+            token = 0
+            if path_for_step is not None:
+                arch = path_for_step(step)
+                set_path(model, arch)
+                token = zlib.crc32(str(arch).encode())
+            if dist.agree(token, stop.requested):
+                checkpointer.save(step, state_fn)
+                print(f"stop requested: checkpointed at step {step}; a rerun resumes from here", flush=True)
+                raise Preempted(step)
+            lr = schedule.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            losses = step_losses(next(batches))
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step} ({ {k: float(v) for k, v in losses.items()} }); "
+                    f"lower the learning rate ({lr}) or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            values = {"loss": dist.all_reduce_mean(float(loss.detach()))}
+            if len(losses) > 1:
+                values.update({k: float(v.detach()) for k, v in losses.items()})
+            progress.update(step + 1, values, lr)
+            checkpointer.maybe_save(step + 1, schedule.iterations, state_fn)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def schedule_dict(schedule: Schedule) -> dict[str, Any]:
+    d = asdict(schedule)
+    d["milestones"] = list(d["milestones"])
+    return d

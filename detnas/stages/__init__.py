@@ -1,0 +1,1 @@
+"""Pipeline stages: each is one ``python -m detnas <stage>`` command; paths in, paths out."""

@@ -1,0 +1,184 @@
+"""Classification pre-training: the supernet (one uniformly sampled path per iteration), or a
+standalone network of one architecture (the final retraining's ImageNet stage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.classification import ClassificationDataset, classification_transforms
+from ..distributed import init_distributed, set_threads
+from ..engine import (
+    Checkpointer,
+    InfiniteSampler,
+    Progress,
+    Schedule,
+    fingerprint,
+    make_sgd,
+    train,
+    uniform_path,
+    unwrap,
+)
+from ..evaluate import top1_accuracy
+from ..io import read_json, save_checkpoint, write_json_atomic
+from ..plots import plot_training_curves
+from ..space import get_space
+from ..supernet import SinglePathNet, Supernet
+from ..tracking import StageRun
+
+__all__ = ["ClassificationSettings", "run_pretrain"]
+
+
+@dataclass(frozen=True)
+class ClassificationSettings:
+    """Settings of a classification training run (one ``pretrain`` entry of the config)."""
+
+    space: str
+    image_size: int
+    batch_size: int  # global, over all ranks
+    schedule: Schedule
+    label_smoothing: float = 0.1
+    dropout: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    eval_batch_size: int = 256
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassificationSettings":
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown pretrain settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        d["schedule"] = Schedule.from_dict(d["schedule"])
+        return cls(**d)
+
+
+def _loader(dataset: torch.utils.data.Dataset, batch: int, sampler: Any, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=sampler is not None,
+    )
+
+
+def run_pretrain(
+    settings: dict[str, Any],
+    *,
+    split_file: Path,
+    weights_out: Path,
+    metrics_out: Path,
+    curves_out: Path,
+    checkpoint_dir: Path,
+    arch: str | None,
+    val_root: Path | None,
+    mlflow: dict[str, Any],
+    threads: int,
+    device: str = "auto",
+) -> None:
+    """Train on the classification split's training part (its ``holdout`` images excluded).
+
+    ``arch`` None: the supernet, one uniformly sampled path per iteration; else a ``SinglePathNet``
+    of that architecture, evaluated for top-1 on ``val_root`` at the end.
+    """
+    cfg = ClassificationSettings.from_dict(settings)
+    dist = init_distributed(device)
+    set_threads(threads, dist.world_size)
+    space = get_space(cfg.space)
+    split = read_json(split_file)
+    classes = split["classes"]
+    torch.manual_seed(cfg.seed)
+    if arch is None:
+        model: nn.Module = Supernet(space, num_classes=len(classes), dropout=cfg.dropout)
+        fixed = None
+    else:
+        fixed = space.parse(arch)
+        model = SinglePathNet(space, fixed, num_classes=len(classes), dropout=cfg.dropout)
+    model.to(dist.device)
+
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world_size} processes")
+    per_rank = cfg.batch_size // dist.world_size
+    dataset = ClassificationDataset(
+        Path(split["root"]),
+        transform=classification_transforms(train=True, image_size=cfg.image_size),
+        exclude=set(split["holdout"]),
+    )
+    optimizer = make_sgd(model, cfg.schedule)
+    checkpointer = Checkpointer(
+        checkpoint_dir, settings_hash=fingerprint({**settings, "arch": arch, "world": dist.world_size}),
+        every=cfg.checkpoint_every, dist=dist,
+    )
+    state = checkpointer.load()
+    start = 0
+    history: list[dict[str, float]] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["step"], state["history"]
+    workers = max(0, threads // dist.world_size - 1) if threads else 0
+    sampler = InfiniteSampler(len(dataset), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, start=start * per_rank)
+    batches = iter(_loader(dataset, per_rank, sampler, workers, dist.device))
+    wrapped = dist.wrap(model, find_unused_parameters=fixed is None)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def step_losses(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = (t.to(dist.device, non_blocking=True) for t in batch)
+        return {"loss": criterion(wrapped(x), y)}
+
+    kind = "supernet" if fixed is None else f"network {fixed}"
+    with StageRun(**mlflow, params={**settings, "arch": arch, "world_size": dist.world_size}, enabled=dist.is_main) as run:
+        progress = Progress(
+            total=cfg.schedule.iterations, every=cfg.log_every, images_per_step=cfg.batch_size,
+            name=f"pretrain {kind}", history=history,
+            sink=lambda row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"])),
+        )
+        print(f"pretrain {kind}: {len(dataset)} images, {len(classes)} classes, {dist.world_size} process(es) "
+              f"on {dist.device}, {cfg.schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
+        train(
+            model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=cfg.schedule,
+            start_step=start, progress=progress, checkpointer=checkpointer,
+            state_fn=lambda: {"model": unwrap(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
+                              "history": progress.history},
+            path_for_step=(lambda step: uniform_path(space, cfg.seed, step)) if fixed is None else None,
+            dist=dist,
+        )
+        metrics: dict[str, Any] = {
+            "kind": "supernet" if fixed is None else "single_path",
+            "arch": arch,
+            "space": space.name,
+            "iterations": cfg.schedule.iterations,
+            "images": len(dataset),
+            "world_size": dist.world_size,
+            "initial_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "history": history,
+        }
+        if fixed is not None and val_root is not None:
+            val = ClassificationDataset(val_root, transform=classification_transforms(train=False, image_size=cfg.image_size))
+            val_loader = _loader(val, cfg.eval_batch_size, None, 0, dist.device)
+            metrics["top1"] = top1_accuracy(model, val_loader, dist.device)
+            print(f"top-1 on {val_root}: {metrics['top1']:.4f}", flush=True)
+            run.log_metrics({"top1": metrics["top1"]}, cfg.schedule.iterations)
+        if dist.is_main:
+            save_checkpoint(
+                {"kind": metrics["kind"], "space": space.name, "arch": arch, "classes": classes,
+                 "dropout": cfg.dropout, "state_dict": model.state_dict()},
+                weights_out,
+            )
+            write_json_atomic(metrics, metrics_out)
+            plot_training_curves(history, curves_out, title=f"pretrain {kind}")
+            run.log_artifacts(metrics_out, curves_out)
+            run.set_tags({"final_loss": f"{metrics['final_loss']:.4f}"})
+            checkpointer.remove()
+    dist.barrier()
+    dist.close()

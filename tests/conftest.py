@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny synthetic datasets made once per test session, and helpers to run stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detnas.data.synthetic import synthesize_classification, synthesize_detection
+from detnas.io import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(tmp_path, monkeypatch):
+    """Every test tracks into its own SQLite store unless it sets MLFLOW_TRACKING_URI itself."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def cls_split(tmp_path_factory) -> Path:
+    """An 8-class 32 px ImageFolder dataset (12 train + 4 val per class) and its split.json."""
+    from detnas.data.classification import scan_image_folder, split_classification
+
+    root = tmp_path_factory.mktemp("cls")
+    synthesize_classification(root / "source", train_per_class=12, val_per_class=4, image_size=32, seed=0)
+    split = split_classification(root / "source" / "train", holdout=16, seed=0)
+    split["val_root"] = str(root / "source" / "val")
+    split["val_images"] = len(scan_image_folder(root / "source" / "val")[1])
+    write_json_atomic(split, root / "split.json")
+    return root / "split.json"
+
+
+@pytest.fixture(scope="session")
+def det_source(tmp_path_factory) -> Path:
+    """A 64 px synthetic detection dataset: 24 train and 8 test images."""
+    root = tmp_path_factory.mktemp("det") / "source"
+    synthesize_detection(root, num_train=24, num_test=8, image_size=64, seed=0, max_objects=3)
+    return root
+
+
+def run_detnas(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300,
+               launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m detnas <args>`` in a subprocess (as the workflow runs it)."""
+    cmd = (launcher or [sys.executable, "-m", "detnas"]) + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def as_json(obj) -> str:
+    return json.dumps(obj)

@@ -1,0 +1,146 @@
+"""The pretrain stage end to end on tiny data: outputs, MLflow, kill/resume, SIGTERM, torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, as_json, run_detnas
+
+SETTINGS = {
+    "space": "tiny", "image_size": 32, "batch_size": 8, "seed": 0, "checkpoint_every": 10, "log_every": 5,
+    "schedule": {"iterations": 30, "lr": 0.05, "policy": "linear", "weight_decay": 4e-5},
+}
+
+
+def pretrain_args(split: Path, out: Path, settings=SETTINGS, extra=()):
+    return [
+        "pretrain", "--settings", as_json(settings), "--split", str(split),
+        "--weights", str(out / "supernet.pt"), "--metrics", str(out / "metrics.json"),
+        "--curves", str(out / "curves.png"), "--checkpoint-dir", str(out / "checkpoints"), "--threads", "1",
+        "--mlflow", as_json({"experiment": "pretrain-test", "run_name": "pretrain test",
+                             "tags": {"stage": "pretrain_supernet", "method": "supernet", "space": "tiny"}}),
+        *extra,
+    ]
+
+
+def test_pretrain_writes_outputs_and_tracks_mlflow(cls_split, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    proc = run_detnas(*pretrain_args(cls_split, tmp_path))
+    assert "step 30/30" in proc.stdout and "img/s" in proc.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["iterations"] == 30 and [r["step"] for r in metrics["history"]] == [5, 10, 15, 20, 25, 30]
+    ckpt = torch.load(tmp_path / "supernet.pt", weights_only=True)
+    assert ckpt["kind"] == "supernet" and ckpt["space"] == "tiny" and len(ckpt["classes"]) == 8
+    assert any(".choices.3." in k for k in ckpt["state_dict"])
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # removed once the outputs exist
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("pretrain-test")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "pretrain_supernet" and run.data.tags["method"] == "supernet"
+    assert run.data.tags["git_commit"]
+    assert run.data.params["schedule.lr"] == "0.05" and run.data.params["space"] == "tiny"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [5, 10, 15, 20, 25, 30]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "curves.png"} <= artifacts
+
+
+def _start(args, log):
+    return subprocess.Popen([sys.executable, "-m", "detnas", *args], stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, timeout=120.0):
+    t = time.time()
+    while not predicate():
+        if time.time() - t > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 400}}
+    args = pretrain_args(cls_split, tmp_path, settings)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = _start(args, log)
+        ckpt = tmp_path / "checkpoints" / "last.pt"
+        _wait_for(ckpt.exists)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "metrics.json").exists()
+    saved = torch.load(ckpt, weights_only=True)["step"]
+    assert 10 <= saved < 400
+    second = run_detnas(*args)
+    assert f"resuming from {ckpt} at step" in second.stdout
+    resumed_at = int(second.stdout.split("at step ")[1].split()[0])
+    assert resumed_at >= saved
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    steps = [r["step"] for r in metrics["history"]]
+    assert steps[-1] == 400 and steps == sorted(set(steps))  # same step count, no step logged twice
+
+
+def test_sigterm_checkpoints_then_resumes(cls_split, tmp_path):
+    settings = {**SETTINGS, "checkpoint_every": 100000, "schedule": {**SETTINGS["schedule"], "iterations": 400}}
+    args = pretrain_args(cls_split, tmp_path, settings)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = _start(args, log)
+        _wait_for(lambda: "step 10/400" in (tmp_path / "first.log").read_text())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 143, (tmp_path / "first.log").read_text()[-2000:]
+    step = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert step >= 10
+    second = run_detnas(*args)
+    assert f"at step {step}" in second.stdout
+
+
+def test_changed_settings_do_not_resume_a_foreign_checkpoint(cls_split, tmp_path):
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 400}}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = _start(pretrain_args(cls_split, tmp_path, settings), log)
+        _wait_for((tmp_path / "checkpoints" / "last.pt").exists)
+        proc.kill()
+        proc.wait()
+    other = {**SETTINGS, "seed": 1}
+    out = run_detnas(*pretrain_args(cls_split, tmp_path, other)).stdout
+    assert "belongs to other settings; starting afresh" in out and "resuming" not in out
+
+
+def test_torchrun_two_processes_train_one_path_per_step(cls_split, tmp_path):
+    proc = run_detnas(
+        *pretrain_args(cls_split, tmp_path),
+        launcher=[sys.executable, "-m", "detnas.launch", "--nproc", "2"],
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert "launch: " in proc.stdout and "--nproc_per_node=2" in proc.stdout
+    assert "2 process(es)" in proc.stdout  # one torchrun, one process group of 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["history"][-1]["step"] == 30
+
+
+def test_ddp_invariants_under_torchrun():
+    """Unused choices keep grad None under DDP, gradients agree, diverging paths are caught."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tests" / "ddp_worker.py")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "OK rank 0" in proc.stdout and "OK rank 1" in proc.stdout
+
+
+def test_bad_settings_fail_with_a_clear_message(cls_split, tmp_path):
+    bad = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "policy": "cosine"}}
+    proc = run_detnas(*pretrain_args(cls_split, tmp_path, bad), check=False)
+    assert proc.returncode == 2 and "schedule policy must be 'linear' or 'step', got 'cosine'" in proc.stderr

@@ -1,0 +1,70 @@
+import multiprocessing as mp
+import os
+import warnings
+
+import pytest
+
+from detnas.tracking import StageRun, flatten
+
+
+def _log_one(uri: str, i: int) -> None:
+    with StageRun(experiment="concurrent", run_name=f"job {i}", tags={"stage": "test", "job": i},
+                  params={"i": i, "nested": {"a": 1}}, tracking_uri=uri) as run:
+        for step in range(5):
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step)
+
+
+def test_concurrent_jobs_lose_no_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # not created yet: the jobs race to create it
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_log_one, args=(uri, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("concurrent")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["job"] for r in runs) == ["0", "1", "2", "3"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 5 for r in runs)
+    assert all(r.data.params["nested.a"] == "1" for r in runs)
+
+
+def test_tracking_failure_warns_and_never_raises(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    uri = f"sqlite:///{blocked}/sub/mlflow.db"  # cannot be created
+    with pytest.warns(RuntimeWarning, match="MLflow"):
+        with StageRun(experiment="x", run_name="y", tracking_uri=uri) as run:
+            run.log_metrics({"loss": 1.0}, 0)
+            run.log_artifacts(tmp_path / "missing.json")
+            result = "computed"
+    assert result == "computed" and run.run_id is None
+
+
+def test_disabled_run_does_nothing(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with StageRun(experiment="x", run_name="y", enabled=False, tracking_uri=f"sqlite:///{tmp_path}/m.db") as run:
+            run.log_metrics({"loss": 1.0}, 0)
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_failed_stage_marks_run_failed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with pytest.raises(ZeroDivisionError):
+        with StageRun(experiment="x", run_name="y", tracking_uri=uri):
+            1 / 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x", "e": "{}"}

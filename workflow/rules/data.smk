@@ -1,0 +1,109 @@
+# Data: the embedded synthetic datasets, validation, and the search-validation splits.
+
+
+rule synthesize_detection:
+    output:
+        train=f"{R}/data/detection/{{dataset}}/source/instances_train.json",
+        test=f"{R}/data/detection/{{dataset}}/source/instances_test.json",
+    params:
+        settings=lambda w: as_json(detection_data(w.dataset)["synthetic"]),
+    log:
+        f"{R}/logs/synthesize_detection/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/synthesize_detection/{{dataset}}.tsv"
+    shell:
+        "python -m detnas synthesize --kind detection --settings {params.settings:q}"
+        " --out {R}/data/detection/{wildcards.dataset}/source > {log} 2>&1"
+
+
+rule synthesize_classification:
+    output:
+        directory(f"{R}/data/classification/{{dataset}}/source"),
+    params:
+        settings=lambda w: as_json(classification_data(w.dataset)["synthetic"]),
+    log:
+        f"{R}/logs/synthesize_classification/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/synthesize_classification/{{dataset}}.tsv"
+    shell:
+        "python -m detnas synthesize --kind classification --settings {params.settings:q}"
+        " --out {output} > {log} 2>&1"
+
+
+def detection_sources(dataset):
+    """Where a detection dataset's annotations and images are (synthetic: made by the workflow)."""
+    d = detection_data(dataset)
+    if d["type"] == "synthetic":
+        src = f"{det_dir(dataset)}/source"
+        return {
+            "type": "coco",
+            "train": {"annotations": f"{src}/instances_train.json", "images": [f"{src}/images"]},
+            "test": {"annotations": f"{src}/instances_test.json", "images": [f"{src}/images"]},
+        }
+    if d["type"] == "coco":
+        return {"type": "coco", "train": d["train"], "test": d["test"]}
+    return {"type": "voc", "root": d["root"], "train": [[str(y), s] for y, s in d["train"]],
+            "test": [[str(y), s] for y, s in d["test"]]}
+
+
+def split_detection_input(w):
+    # Real datasets are not inputs: `snakemake -n` must plan every experiment without the data;
+    # the split job itself stops with the missing path in its message.
+    if detection_data(w.dataset)["type"] == "synthetic":
+        return rules.synthesize_detection.output
+    return []
+
+
+rule split_detection:
+    input:
+        split_detection_input,
+    output:
+        train=f"{R}/data/detection/{{dataset}}/train.json",
+        supernet_train=f"{R}/data/detection/{{dataset}}/supernet_train.json",
+        search_val=f"{R}/data/detection/{{dataset}}/search_val.json",
+        test=f"{R}/data/detection/{{dataset}}/test.json",
+        metrics=f"{R}/data/detection/{{dataset}}/split_metrics.json",
+    params:
+        settings=lambda w: as_json({
+            "sources": detection_sources(w.dataset),
+            "split": detection_data(w.dataset)["split"],
+            "check_images": detection_data(w.dataset)["check_images"],
+        }),
+        mlflow=lambda w: mlflow_run("data", "split", f"split {w.dataset}", w, dataset=w.dataset),
+    log:
+        f"{R}/logs/split_detection/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/split_detection/{{dataset}}.tsv"
+    shell:
+        "python -m detnas split-detection --settings {params.settings:q} --out-dir {R}/data/detection/{wildcards.dataset}"
+        " --mlflow {params.mlflow:q} > {log} 2>&1"
+
+
+def classification_sources(dataset):
+    d = classification_data(dataset)
+    if d["type"] == "synthetic":
+        return {"train": f"{cls_dir(dataset)}/source/train", "val": f"{cls_dir(dataset)}/source/val"}
+    return {"train": d["train"], "val": d["val"]}
+
+
+def split_classification_input(w):
+    if classification_data(w.dataset)["type"] == "synthetic":
+        return rules.synthesize_classification.output
+    return []
+
+
+rule split_classification:
+    input:
+        split_classification_input,
+    output:
+        f"{R}/data/classification/{{dataset}}/split.json",
+    params:
+        settings=lambda w: as_json({**classification_sources(w.dataset), "holdout": classification_data(w.dataset)["holdout"]}),
+        mlflow=lambda w: mlflow_run("data", "split", f"split {w.dataset}", w, dataset=w.dataset),
+    log:
+        f"{R}/logs/split_classification/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/split_classification/{{dataset}}.tsv"
+    shell:
+        "python -m detnas split-classification --settings {params.settings:q} --out {output}"
+        " --mlflow {params.mlflow:q} > {log} 2>&1"
