@@ -15,9 +15,20 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9_.-]+",
+    method=r"[A-Za-z0-9_]+",
+    dataset=r"[A-Za-z0-9_.-]+",
+    pretrain=r"[A-Za-z0-9_.-]+",
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/search.smk"
+include: "workflow/rules/retrain.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:

@@ -85,6 +85,23 @@ def _stage_args(p: argparse.ArgumentParser, *, mlflow: bool = True, compute: boo
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
+def _arch_arg(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--arch", help=f"{what} this architecture as a standalone network instead of the supernet")
+    group.add_argument("--arch-file", type=Path, help="the same, read from a chosen-architecture JSON (key 'arch')")
+
+
+def _arch(args: argparse.Namespace) -> str | None:
+    if getattr(args, "arch_file", None) is not None:
+        from .io import read_json
+
+        data = read_json(args.arch_file)
+        if "arch" not in data:
+            raise ValueError(f"{args.arch_file}: no 'arch' key")
+        return str(data["arch"])
+    return args.arch
+
+
 def _synthesize(args: argparse.Namespace) -> int:
     from .data import synthetic
 
@@ -134,7 +151,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     run_pretrain(
         args.settings, split_file=args.split, weights_out=args.weights, metrics_out=args.metrics,
-        curves_out=args.curves, checkpoint_dir=args.checkpoint_dir, arch=args.arch, val_root=args.val,
+        curves_out=args.curves, checkpoint_dir=args.checkpoint_dir, arch=_arch(args), val_root=args.val,
         mlflow=args.mlflow, threads=args.threads, device=args.device,
     )
     return 0
@@ -143,8 +160,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="classification training: the supernet, or one architecture (--arch)")
     p.add_argument("--split", type=Path, required=True, help="split.json of the classification data")
-    p.add_argument("--arch", help="train this architecture as a standalone network instead of the supernet")
-    p.add_argument("--val", type=Path, help="ImageFolder root for the final top-1 (with --arch)")
+    _arch_arg(p, "train")
+    p.add_argument("--val", type=Path, help="ImageFolder root for the final top-1 (default: the split's val root)")
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--curves", type=Path, required=True)
@@ -153,11 +170,140 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pretrain)
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from .stages.finetune import run_finetune
+
+    run_finetune(
+        args.settings, train_file=args.train, init=args.init, arch=_arch(args), weights_out=args.weights,
+        metrics_out=args.metrics, curves_out=args.curves, checkpoint_dir=args.checkpoint_dir,
+        mlflow=args.mlflow, threads=args.threads, device=args.device,
+    )
+    return 0
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="detection fine-tuning: the supernet path-wise, or one architecture (--arch)")
+    p.add_argument("--train", type=Path, required=True, help="training annotations (internal COCO-style JSON)")
+    p.add_argument("--init", type=Path, help="classification checkpoint to start from (default: from scratch)")
+    _arch_arg(p, "fine-tune")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--curves", type=Path, required=True)
+    p.add_argument("--checkpoint-dir", type=Path, required=True)
+    _stage_args(p, compute=True)
+    p.set_defaults(func=_finetune)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .stages.search import run_search_stage
+
+    run_search_stage(
+        args.settings, supernet=args.supernet, val_file=args.val, recal_file=args.recal, arch_out=args.arch_out,
+        history_out=args.history, curve_out=args.curve, checkpoint_dir=args.checkpoint_dir, mlflow=args.mlflow,
+        threads=args.threads, device=args.device,
+    )
+    return 0
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="evolutionary (DetNAS, ClsNAS) or random search under a FLOPs constraint")
+    p.add_argument("--supernet", type=Path, required=True,
+                   help="fine-tuned detection supernet (detnas, random) or pre-trained classification supernet (clsnas)")
+    p.add_argument("--val", type=Path, required=True,
+                   help="search-validation annotations (detnas, random) or the classification split.json (clsnas)")
+    p.add_argument("--recal", type=Path, help="training annotations for BN recalibration (detnas, random)")
+    p.add_argument("--arch-out", type=Path, required=True, help="the chosen architecture (JSON)")
+    p.add_argument("--history", type=Path, required=True, help="every scored candidate (CSV)")
+    p.add_argument("--curve", type=Path, required=True, help="best-so-far and top-k mean per generation (PNG)")
+    p.add_argument("--checkpoint-dir", type=Path, required=True)
+    _stage_args(p, compute=True)
+    p.set_defaults(func=_search)
+
+
+def _fixed_arch(args: argparse.Namespace) -> int:
+    from .flops import cost_table
+    from .io import write_json_atomic
+    from .space import get_space
+
+    space = get_space(args.space)
+    arch = space.uniform(args.uniform) if args.arch is None else space.parse(args.arch)
+    table = cost_table(space)
+    result = {"method": args.method, "arch": str(arch), "space": space.name, "fitness": None,
+              "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
+              "evaluations": 0}
+    write_json_atomic(result, args.out)
+    print(f"{args.method}: {arch} ({result['mflops']:.1f} MFLOPs), no search")
+    return 0
+
+
+def _add_fixed_arch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fixed-arch", help="write a chosen-architecture file without searching (hand-crafted baselines)")
+    p.add_argument("--space", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--arch", help="architecture encoding")
+    group.add_argument("--uniform", type=int, choices=range(4), help="every block this choice (0: ShuffleNetV2)")
+    p.add_argument("--method", required=True, help="name of the baseline, e.g. shufflenetv2")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_fixed_arch)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .stages.evaluate import run_evaluate
+
+    run_evaluate(
+        detector=args.detector, test_file=args.test, arch_file=args.arch_file,
+        classifier_metrics=args.classifier_metrics, out=args.out, info=args.info, primary_metric=args.primary,
+        batch_size=args.batch_size, mlflow=args.mlflow, threads=args.threads, device=args.device,
+    )
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="COCO metrics of a retrained detector on the test split -> final.json")
+    p.add_argument("--detector", type=Path, required=True)
+    p.add_argument("--test", type=Path, required=True, help="test annotations (internal COCO-style JSON)")
+    p.add_argument("--arch-file", type=Path, required=True, help="the chosen architecture (search output)")
+    p.add_argument("--classifier-metrics", type=Path, required=True, help="metrics.json of the retrained classifier")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--info", type=_json_arg, default={}, help="experiment, method, dataset, detector (JSON)")
+    p.add_argument("--primary", default="AP", help="the headline metric: AP (COCO) or AP50 (VOC)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": "evaluate"})
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=_evaluate)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .stages.compare import run_compare
+
+    histories = dict(h.split("=", 1) for h in args.history)
+    run_compare(finals=args.final, histories={k: Path(v) for k, v in histories.items()}, csv_out=args.csv,
+                png_out=args.png, experiment=args.experiment, mlflow=args.mlflow)
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="methods of an experiment side by side -> comparison.csv and .png")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--final", type=Path, nargs="+", required=True, help="final.json of each method")
+    p.add_argument("--history", nargs="*", default=[], help="METHOD=history.csv of searches to plot")
+    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--png", type=Path, required=True)
+    p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": "compare"})
+    p.set_defaults(func=_compare)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_flops,
     _add_synthesize,
     _add_split,
     _add_pretrain,
+    _add_finetune,
+    _add_search,
+    _add_fixed_arch,
+    _add_evaluate,
+    _add_compare,
 ]
 
 

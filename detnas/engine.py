@@ -11,7 +11,7 @@ import zlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch.utils.data import Sampler
 from .distributed import Dist
 from .io import load_checkpoint, save_checkpoint
 from .space import Arch, SearchSpace
-from .supernet import set_path
+from .supernet import inactive_modules, set_path
 
 __all__ = [
     "Checkpointer",
@@ -31,6 +31,8 @@ __all__ = [
     "Schedule",
     "fingerprint",
     "make_sgd",
+    "path_batchnorms",
+    "recalibrate_bn",
     "schedule_dict",
     "train",
     "uniform_path",
@@ -346,3 +348,40 @@ def schedule_dict(schedule: Schedule) -> dict[str, Any]:
     d = asdict(schedule)
     d["milestones"] = list(d["milestones"])
     return d
+
+
+def path_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BN layers a forward pass of ``model`` uses: all of them, except inside supernet choices
+    off the current path (backbone, FPN and head BN layers included)."""
+    off = inactive_modules(model)
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in off]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[Any], forward: Callable[[Any], Any]) -> int:
+    """Re-estimate the running statistics of the path's BN layers on ``batches``.
+
+    The statistics are reset and momentum set to None, so each BN layer ends with the plain average
+    of its per-batch mean and variance over all batches (PyTorch's cumulative average; detectron2's
+    PreciseBN does the same), not an exponential moving average dominated by the last batches. The
+    forward passes run in training mode (batch statistics; a detector samples proposals as in
+    training) without gradients. Returns the number of batches; the model is left in eval mode.
+    """
+    bns = path_batchnorms(model)
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = 0
+    try:
+        for batch in batches:
+            forward(batch)
+            n += 1
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.eval()
+    if n == 0:
+        raise ValueError("BN recalibration needs at least one batch of training images")
+    return n

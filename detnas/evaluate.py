@@ -1,17 +1,122 @@
-"""Evaluation: COCO box metrics through pycocotools, and classification top-1."""
+"""Evaluation: COCO box metrics through pycocotools, classification top-1, and the prepared image
+sets a search job scores every candidate on (decoded once, reused for every candidate)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
-from torch import nn
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor, nn
 
-__all__ = ["top1_accuracy"]
+from .data.coco import DetectionDataset
+
+__all__ = [
+    "COCO_METRICS",
+    "DetectionImages",
+    "coco_box_metrics",
+    "detection_results",
+    "evaluate_detector",
+    "top1_accuracy",
+]
+
+# pycocotools' stats[0..5]
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@dataclass
+class DetectionImages:
+    """Decoded images (uint8, (3, H, W)) of an annotation file with their targets, kept in memory.
+
+    A search job loads its search-validation images and its recalibration images once and scores
+    every candidate on the same tensors.
+    """
+
+    images: list[Tensor]
+    targets: list[dict[str, Any]]
+    image_ids: list[int]
+    category_ids: list[int]
+    coco: COCO
+    ann_file: Path
+
+    @classmethod
+    def load(cls, ann_file: str | Path, *, limit: int | None = None, seed: int = 0, with_objects: bool = False) -> "DetectionImages":
+        """All images of ``ann_file``, or ``limit`` of them drawn with ``seed`` (sorted by id).
+
+        ``with_objects``: only images with at least one (non-crowd) box (recalibration forwards
+        images in training mode, which needs targets).
+        """
+        ds = DetectionDataset(Path(ann_file), train=False, skip_empty=with_objects, uint8=True)
+        ids = sorted(ds.image_ids)
+        if limit is not None and limit < len(ids):
+            ids = sorted(np.random.default_rng(seed).choice(ids, size=limit, replace=False).tolist())
+        index = {image_id: i for i, image_id in enumerate(ds.image_ids)}
+        items = [ds[index[i]] for i in ids]
+        return cls([im for im, _ in items], [t for _, t in items], ids, ds.category_ids, ds.coco, Path(ann_file))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterable[tuple[list[Tensor], list[dict[str, Any]]]]:
+        """(images float in [0, 1] on ``device``, targets on ``device``) in order."""
+        for i in range(0, len(self.images), batch_size):
+            ims = [im.to(device, non_blocking=True).float().div_(255.0) for im in self.images[i:i + batch_size]]
+            tgs = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()}
+                   for t in self.targets[i:i + batch_size]]
+            yield ims, tgs
+
+
+def detection_results(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[int], category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """torchvision detections (XYXY boxes, labels 1..K) -> COCO results (xywh, dataset category ids)."""
+    results = []
+    for out, image_id in zip(outputs, image_ids):
+        boxes = out["boxes"].detach().cpu().to(torch.float64)
+        if len(boxes) == 0:
+            continue
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
+        for box, label, score in zip(xywh, out["labels"].tolist(), out["scores"].tolist()):
+            results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
+                            "bbox": [round(v, 3) for v in box], "score": float(score)})
+    return results
+
+
+def coco_box_metrics(coco: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl (COCO's AP@[.5:.95] etc., as fractions) of ``results`` on
+    ``image_ids`` (default: every image of ``coco``). No detections at all scores zeros."""
+    if not results:
+        return {k: 0.0 for k in COCO_METRICS}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
+        dt = coco.loadRes(results)
+        ev = COCOeval(coco, dt, iouType="bbox")
+        if image_ids is not None:
+            ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # -1 means "no ground truth of that size": report 0 rather than a negative AP
+    return {k: max(0.0, float(v)) for k, v in zip(COCO_METRICS, ev.stats[:6])}
 
 
 @torch.no_grad()
-def top1_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> dict[str, float]:
+    """COCO box metrics of ``model`` (eval mode; the mode is restored) on prepared images."""
+    was_training = model.training
+    model.eval()
+    outputs: list[dict[str, Tensor]] = []
+    for ims, _ in data.batches(batch_size, device):
+        outputs.extend(model(ims))
+    model.train(was_training)
+    return coco_box_metrics(data.coco, detection_results(outputs, data.image_ids, data.category_ids), data.image_ids)
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> float:
     """Fraction of images whose arg-max logit is the label (eval mode; the mode is restored)."""
     was_training = model.training
     model.eval()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
-__all__ = ["plot_training_curves"]
+__all__ = ["plot_search_curves", "plot_training_curves"]
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -38,4 +38,62 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, 
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_search_curves(
+    histories: dict[str, Sequence[Any]], path: str | Path, *, population: int, ylabel: str
+) -> None:
+    """Best-so-far fitness (solid) and the mean of the best ``population`` so far (dashed) against
+    the generation, one colour per method (the paper's Fig. 2 for DetNAS vs random search).
+
+    ``histories``: method -> scored candidates with ``generation`` and ``fitness``.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (method, history) in enumerate(histories.items()):
+        gens = sorted({c.generation for c in history})
+        best, mean = [], []
+        for g in gens:
+            so_far = sorted((c.fitness for c in history if c.generation <= g), reverse=True)
+            best.append(so_far[0])
+            mean.append(sum(so_far[:population]) / len(so_far[:population]))
+        color = f"C{i}"
+        ax.plot(gens, best, "-o", color=color, label=f"{method}: best", ms=3)
+        ax.plot(gens, mean, "--", color=color, label=f"{method}: top-{population} mean")
+    ax.set_xlabel("generation")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_comparison(table: Any, curves: dict[str, Any], path: str | Path, *, title: str) -> None:
+    """Methods side by side (test mmAP, backbone MFLOPs, top-1) and the search curves.
+
+    ``table``: a pandas DataFrame with method, AP, mflops, top1; ``curves``: method -> history
+    DataFrame (generation, fitness) of a search.
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    methods = list(table["method"])
+    colors = [f"C{i}" for i in range(len(methods))]
+    for ax, col, label in zip(axes[:3], ("AP", "mflops", "top1"),
+                              ("test mmAP", "backbone MFLOPs (224x224)", "top-1 (classification val)")):
+        values = [float(v) if v == v and v is not None else 0.0 for v in table[col]]
+        bars = ax.bar(methods, values, color=colors)
+        ax.bar_label(bars, fmt="%.3f" if col != "mflops" else "%.1f", fontsize=7)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[3]
+    for i, (method, hist) in enumerate(curves.items()):
+        gens = sorted(hist["generation"].unique())
+        best = [hist[hist["generation"] <= g]["fitness"].max() for g in gens]
+        ax.plot(gens, best, "-o", ms=3, color=f"C{methods.index(method) if method in methods else i}", label=method)
+    ax.set_title("search: best mmAP so far (search split)", fontsize=10)
+    ax.set_xlabel("generation")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
     _save(fig, path)

@@ -245,7 +245,8 @@ def _quiet_coco(dataset: dict) -> COCO:
 class DetectionDataset(Dataset):
     """Images and box targets from an internal-format annotation file.
 
-    ``__getitem__`` returns ``(image, target)``: image float32 (3, H, W) in [0, 1]; target
+    ``__getitem__`` returns ``(image, target)``: image float32 (3, H, W) in [0, 1] (uint8 in 0..255 with
+    ``uint8=True``); target
     ``boxes`` float32 (N, 4) XYXY in pixels, ``labels`` int64 (N,) in 1..K, ``image_id`` int.
     Crowd annotations are left out of targets (they stay in ``coco`` for evaluation).
     ``train=True`` adds a random horizontal flip (torch's global RNG) and, unless ``skip_empty``
@@ -259,8 +260,10 @@ class DetectionDataset(Dataset):
         train: bool = False,
         image_ids: Sequence[int] | None = None,
         skip_empty: bool | None = None,
+        uint8: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
+        self.uint8 = uint8
         data = load_coco_json(self.ann_file)
         roots = data.get("detnas", {}).get("image_roots")
         if not roots:
@@ -312,7 +315,10 @@ class DetectionDataset(Dataset):
         boxes = torch.tensor([a["bbox"] for a in objs], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         labels = torch.tensor([self._label[a["category_id"]] for a in objs], dtype=torch.int64)
-        image = image.float().div_(255.0)
+        if self.uint8:  # caches keep 1 byte per value; the model's transform converts per batch
+            image = image.contiguous()
+        else:
+            image = image.float().div_(255.0)
         if self.train:
             img_tv = tv_tensors.Image(image)
             boxes_tv = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))

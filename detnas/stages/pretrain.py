@@ -88,7 +88,8 @@ def run_pretrain(
     """Train on the classification split's training part (its ``holdout`` images excluded).
 
     ``arch`` None: the supernet, one uniformly sampled path per iteration; else a ``SinglePathNet``
-    of that architecture, evaluated for top-1 on ``val_root`` at the end.
+    of that architecture, evaluated for top-1 on ``val_root`` (default: the split's validation
+    folder) at the end.
     """
     cfg = ClassificationSettings.from_dict(settings)
     dist = init_distributed(device)
@@ -163,6 +164,7 @@ def run_pretrain(
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
         }
+        val_root = val_root or (Path(split["val_root"]) if split.get("val_root") else None)
         if fixed is not None and val_root is not None:
             val = ClassificationDataset(val_root, transform=classification_transforms(train=False, image_size=cfg.image_size))
             val_loader = _loader(val, cfg.eval_batch_size, None, 0, dist.device)
@@ -172,7 +174,7 @@ def run_pretrain(
         if dist.is_main:
             save_checkpoint(
                 {"kind": metrics["kind"], "space": space.name, "arch": arch, "classes": classes,
-                 "dropout": cfg.dropout, "state_dict": model.state_dict()},
+                 "dropout": cfg.dropout, "image_size": cfg.image_size, "state_dict": model.state_dict()},
                 weights_out,
             )
             write_json_atomic(metrics, metrics_out)

@@ -73,4 +73,4 @@ def pretrain_dir(name):
 
 
 def demo_targets():
-    return [f"{pretrain_dir(experiment(config['demo_experiment'])['pretrain'])}/supernet.pt"]
+    return [f"{R}/{config['demo_experiment']}/comparison.csv"]

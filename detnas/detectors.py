@@ -1,0 +1,150 @@
+"""Detectors around our backbones, built from torchvision's own classes (never forked).
+
+- Faster R-CNN with an FPN over C2..C5 (P6 by max-pool), one anchor size per level, and the paper's
+  "4conv1fc" box head (torchvision's ``FastRCNNConvFCHead``: four 3x3 conv + BN + ReLU, one FC).
+- RetinaNet with an FPN over C3..C5 plus P6/P7 computed from P5.
+
+The backbone is a ``Supernet`` or a ``SinglePathNet`` without classification head; its stages are
+picked by torchvision's ``BackboneWithFPN``, which holds the very same modules, so
+``set_path(detector, arch)`` reaches the supernet inside. BN layers stay trainable: torchvision
+freezes BN only when it loads its own pretrained weights, which never happens here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from .supernet import _Skeleton
+
+__all__ = ["DETECTORS", "DetectorSettings", "build_detector"]
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """The detector part of an experiment (see the config schema for each key's meaning)."""
+
+    name: str = "faster_rcnn_fpn"
+    min_size: int = 800
+    max_size: int = 1333
+    fpn_channels: int = 256
+    head_conv_channels: int = 256
+    head_fc_channels: int = 1024
+    anchor_sizes: tuple[float, ...] | None = None
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_batch_size_per_image: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    detections_per_image: int = 100
+    score_threshold: float = 0.05
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectorSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown detector settings {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        for k in ("anchor_sizes", "aspect_ratios"):
+            if d.get(k) is not None:
+                d[k] = tuple(float(x) for x in d[k])
+        if d.get("name", "faster_rcnn_fpn") not in DETECTORS:
+            raise ValueError(f"unknown detector {d['name']!r}; known: {', '.join(DETECTORS)}")
+        return cls(**d)
+
+
+def _anchor_sizes(s: DetectorSettings, default: tuple[float, ...]) -> tuple[float, ...]:
+    sizes = s.anchor_sizes or default
+    if len(sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one size per pyramid level (5), got {list(sizes)}")
+    return sizes
+
+
+def _faster_rcnn_fpn(body: _Skeleton, num_classes: int, s: DetectorSettings) -> FasterRCNN:
+    names = body.stage_names  # C2..C5
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={n: str(i) for i, n in enumerate(names)},
+        in_channels_list=list(body.space.stage_channels),
+        out_channels=s.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),  # P6 by max-pool, for the RPN only
+        norm_layer=nn.BatchNorm2d,
+    )
+    sizes = _anchor_sizes(s, (32, 64, 128, 256, 512))
+    anchors = AnchorGenerator(tuple((a,) for a in sizes), (s.aspect_ratios,) * len(sizes))
+    box_head = FastRCNNConvFCHead(
+        (s.fpn_channels, 7, 7), [s.head_conv_channels] * 4, [s.head_fc_channels], norm_layer=nn.BatchNorm2d
+    )
+    return FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=s.min_size,
+        max_size=s.max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(s.fpn_channels, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=s.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=s.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=s.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=s.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=s.rpn_batch_size_per_image,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(s.head_fc_channels, num_classes + 1),  # + background
+        box_batch_size_per_image=s.box_batch_size_per_image,
+        box_detections_per_img=s.detections_per_image,
+        box_score_thresh=s.score_threshold,
+    )
+
+
+def _retinanet(body: _Skeleton, num_classes: int, s: DetectorSettings) -> RetinaNet:
+    names = body.stage_names[1:]  # C3..C5
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={n: str(i) for i, n in enumerate(names)},
+        in_channels_list=list(body.space.stage_channels[1:]),
+        out_channels=s.fpn_channels,
+        extra_blocks=LastLevelP6P7(s.fpn_channels, s.fpn_channels),  # in == out: P6 from P5
+        norm_layer=nn.BatchNorm2d,
+    )
+    sizes = _anchor_sizes(s, (32, 64, 128, 256, 512))
+    # three scales per octave, as in the RetinaNet paper and torchvision
+    anchors = AnchorGenerator(
+        tuple((a, a * 2 ** (1 / 3), a * 2 ** (2 / 3)) for a in sizes), (s.aspect_ratios,) * len(sizes)
+    )
+    head = RetinaNetHead(s.fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+    return RetinaNet(
+        backbone,
+        num_classes=num_classes + 1,  # labels are 1..K; 0 is never a foreground class
+        min_size=s.min_size,
+        max_size=s.max_size,
+        anchor_generator=anchors,
+        head=head,
+        score_thresh=s.score_threshold,
+        detections_per_img=s.detections_per_image,
+    )
+
+
+DETECTORS: dict[str, Callable[[_Skeleton, int, DetectorSettings], nn.Module]] = {
+    "faster_rcnn_fpn": _faster_rcnn_fpn,
+    "retinanet": _retinanet,
+}
+
+
+def build_detector(body: _Skeleton, *, num_classes: int, settings: DetectorSettings) -> nn.Module:
+    """A torchvision detector for ``num_classes`` foreground classes (labels 1..K) around ``body``."""
+    if body.num_classes is not None:
+        raise ValueError("the detection backbone must have no classification head (num_classes=None)")
+    return DETECTORS[settings.name](body, num_classes, settings)

@@ -1,0 +1,199 @@
+"""Detection fine-tuning: the supernet path-wise (one uniformly sampled path per iteration, the same
+on every rank), or a standalone network of one architecture (the final retraining's detection
+stage). Starts from classification weights, or from scratch (DetNAS-scratch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.coco import DetectionDataset, collate_detection
+from ..detectors import DetectorSettings, build_detector
+from ..distributed import init_distributed, set_threads
+from ..engine import (
+    Checkpointer,
+    InfiniteSampler,
+    Progress,
+    Schedule,
+    fingerprint,
+    make_sgd,
+    train,
+    uniform_path,
+    unwrap,
+)
+from ..io import load_checkpoint, save_checkpoint, write_json_atomic
+from ..plots import plot_training_curves
+from ..space import Arch, SearchSpace, get_space
+from ..supernet import SinglePathNet, Supernet, _Skeleton
+from ..tracking import StageRun
+
+__all__ = ["DetectionSettings", "detector_from_checkpoint", "load_classification_weights", "run_finetune"]
+
+_HEAD_PREFIXES = ("conv_last.", "classifier.")
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Settings of a detection fine-tuning run (an experiment's ``finetune`` + ``detector``)."""
+
+    space: str
+    detector: DetectorSettings
+    batch_size: int
+    schedule: Schedule
+    seed: int = 0
+    checkpoint_every: int = 5000
+    log_every: int = 20
+    eval_batch_size: int = 8
+    schedule_factor: float = 1.0  # DetNAS-scratch: 2, twice the iterations (milestones scaled too)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectionSettings":
+        d = dict(d)
+        d.pop("scratch_factor", None)  # consumed by the workflow: it sets schedule_factor
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown finetune settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        d["schedule"] = Schedule.from_dict(d["schedule"])
+        d["detector"] = DetectorSettings.from_dict(d["detector"])
+        return cls(**d)
+
+
+def _body(space: SearchSpace, arch: Arch | None) -> _Skeleton:
+    return Supernet(space) if arch is None else SinglePathNet(space, arch)
+
+
+def load_classification_weights(body: _Skeleton, path: Path) -> dict[str, Any]:
+    """Copy a classification checkpoint's backbone (stem + stages) into ``body``; the classifier head
+    is left out. ValueError names the file when the checkpoint does not match the backbone."""
+    ckpt = load_checkpoint(path)
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(_HEAD_PREFIXES)}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint ({ckpt.get('kind')}, space {ckpt.get('space')}, arch {ckpt.get('arch')}) does not "
+            f"match this backbone: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return ckpt
+
+
+def detector_from_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A detector saved by ``run_finetune`` (supernet or standalone), on ``device``, and its metadata."""
+    ckpt = load_checkpoint(path, map_location=device)
+    if ckpt.get("kind") != "detector":
+        raise ValueError(f"{path}: not a detector checkpoint (kind {ckpt.get('kind')!r})")
+    space = get_space(ckpt["space"])
+    arch = space.parse(ckpt["arch"]) if ckpt["arch"] else None
+    model = build_detector(_body(space, arch), num_classes=ckpt["num_classes"],
+                           settings=DetectorSettings.from_dict(ckpt["detector"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device), ckpt
+
+
+def run_finetune(
+    settings: dict[str, Any],
+    *,
+    train_file: Path,
+    init: Path | None,
+    arch: str | None,
+    weights_out: Path,
+    metrics_out: Path,
+    curves_out: Path,
+    checkpoint_dir: Path,
+    mlflow: dict[str, Any],
+    threads: int,
+    device: str = "auto",
+) -> None:
+    """Fine-tune a detector on ``train_file``; ``arch`` None trains the supernet path-wise."""
+    cfg = DetectionSettings.from_dict(settings)
+    schedule = cfg.schedule.scaled(cfg.schedule_factor) if cfg.schedule_factor != 1 else cfg.schedule
+    dist = init_distributed(device)
+    set_threads(threads, dist.world_size)
+    space = get_space(cfg.space)
+    fixed = space.parse(arch) if arch else None
+    torch.manual_seed(cfg.seed)
+
+    dataset = DetectionDataset(train_file, train=True)
+    body = _body(space, fixed)
+    if init is not None:
+        load_classification_weights(body, init)
+    model = build_detector(body, num_classes=dataset.num_classes, settings=cfg.detector).to(dist.device)
+
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world_size} processes")
+    per_rank = cfg.batch_size // dist.world_size
+    optimizer = make_sgd(model, schedule)
+    checkpointer = Checkpointer(
+        checkpoint_dir, settings_hash=fingerprint({**settings, "arch": arch, "init": str(init), "world": dist.world_size}),
+        every=cfg.checkpoint_every, dist=dist,
+    )
+    state = checkpointer.load()
+    start, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["step"], state["history"]
+    workers = max(0, threads // dist.world_size - 1) if threads else 0
+    sampler = InfiniteSampler(len(dataset), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, start=start * per_rank)
+    batches = iter(DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                              collate_fn=collate_detection, persistent_workers=workers > 0,
+                              pin_memory=dist.device.type == "cuda"))
+    wrapped = dist.wrap(model, find_unused_parameters=True)
+
+    def step_losses(batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        images = [im.to(dist.device, non_blocking=True) for im in images]
+        targets = [{k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        return wrapped(images, targets)
+
+    kind = "supernet" if fixed is None else f"network {fixed}"
+    init_name = "scratch" if init is None else str(init)
+    with StageRun(**mlflow, params={**settings, "arch": arch, "init": init_name, "world_size": dist.world_size},
+                  enabled=dist.is_main) as run:
+        progress = Progress(
+            total=schedule.iterations, every=cfg.log_every, images_per_step=cfg.batch_size,
+            name=f"finetune {cfg.detector.name} {kind}", history=history,
+            sink=lambda row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"])),
+        )
+        print(f"finetune {cfg.detector.name} {kind} from {init_name}: {len(dataset)} images, "
+              f"{dataset.num_classes} classes, {dist.world_size} process(es) on {dist.device}, "
+              f"{schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
+        train(
+            model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=schedule,
+            start_step=start, progress=progress, checkpointer=checkpointer,
+            state_fn=lambda: {"model": unwrap(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
+                              "history": progress.history},
+            path_for_step=(lambda step: uniform_path(space, cfg.seed, step)) if fixed is None else None,
+            dist=dist,
+        )
+        metrics = {
+            "kind": "supernet" if fixed is None else "single_path",
+            "detector": cfg.detector.name,
+            "arch": arch,
+            "space": space.name,
+            "init": init_name,
+            "iterations": schedule.iterations,
+            "images": len(dataset),
+            "world_size": dist.world_size,
+            "initial_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "history": history,
+        }
+        if dist.is_main:
+            detector_settings = dict(settings["detector"])
+            save_checkpoint(
+                {"kind": "detector", "space": space.name, "arch": arch, "detector": detector_settings,
+                 "num_classes": dataset.num_classes, "category_ids": dataset.category_ids,
+                 "state_dict": unwrap(wrapped).state_dict()},
+                weights_out,
+            )
+            write_json_atomic(metrics, metrics_out)
+            plot_training_curves(history, curves_out, title=f"finetune {cfg.detector.name} {kind}")
+            run.log_artifacts(metrics_out, curves_out)
+            checkpointer.remove()
+    dist.barrier()
+    dist.close()

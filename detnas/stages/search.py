@@ -1,0 +1,349 @@
+"""The ``search`` stage: DetNAS (EA, fitness mmAP of the fine-tuned detection supernet), random
+search (same fitness and budget), ClsNAS (EA, fitness top-1 of the pre-trained classification
+supernet), all under the same backbone FLOPs constraint.
+
+Cost: the images a candidate is scored on (search-validation and recalibration images) are decoded
+and preprocessed once per job. Under torchrun, rank 0 runs the EA and each generation is scored in
+parallel: rank r scores candidates r, r + w, ...; results are gathered on rank 0. Every score is
+appended to ``scores.jsonl`` in the checkpoint folder as soon as it is known and the EA state is
+saved after every generation, so a killed search resumes without re-scoring anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.classification import ClassificationDataset, classification_transforms
+from ..distributed import Dist, init_distributed, set_threads
+from ..engine import recalibrate_bn
+from ..evaluate import DetectionImages, evaluate_detector
+from ..flops import cost_table
+from ..io import read_json, write_json_atomic, write_text_atomic
+from ..plots import plot_search_curves
+from ..search import Candidate, SearchSettings, best, run_search, top
+from ..space import Arch, SearchSpace, get_space
+from ..supernet import Supernet, set_path
+from ..tracking import StageRun
+from .finetune import detector_from_checkpoint
+
+__all__ = ["ClassificationScorer", "DetectionScorer", "StageSearchSettings", "run_search_stage"]
+
+
+@dataclass(frozen=True)
+class StageSearchSettings:
+    """An experiment's ``search`` settings plus the method."""
+
+    method: str  # detnas, random, clsnas
+    population: int = 50
+    parents: int = 10
+    generations: int = 20
+    mutation_prob: float = 0.1
+    max_mflops: float | None = 300
+    min_mflops: float | None = None
+    recalibration_images: int = 500
+    eval_images: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StageSearchSettings":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown search settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        s = cls(**d)
+        if s.method not in ("detnas", "random", "clsnas"):
+            raise ValueError(f"search method must be detnas, random or clsnas, got {s.method!r}")
+        return s
+
+    def algorithm(self) -> SearchSettings:
+        return SearchSettings(self.population, self.parents, self.generations, self.mutation_prob,
+                              "random" if self.method == "random" else "evolution")
+
+
+def _candidate_seed(seed: int, arch: Arch) -> int:
+    # recalibration samples proposals at random: seed it by the candidate, not by the order or rank
+    return zlib.crc32(f"{seed}:{arch}".encode())
+
+
+class DetectionScorer:
+    """mmAP (AP@[.5:.95]) of a path of the fine-tuned detection supernet, after BN recalibration."""
+
+    def __init__(self, model: nn.Module, val: DetectionImages, recal: DetectionImages, *, batch_size: int,
+                 device: torch.device, seed: int) -> None:
+        self.model, self.val, self.recal = model, val, recal
+        self.batch_size, self.device, self.seed = batch_size, device, seed
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, arch: Arch) -> float:
+        set_path(self.model, arch)
+        torch.manual_seed(_candidate_seed(self.seed, arch))
+        recalibrate_bn(self.model, self.recal.batches(self.batch_size, self.device), lambda b: self.model(*b))
+        self.last_metrics = evaluate_detector(self.model, self.val, batch_size=self.batch_size, device=self.device)
+        return self.last_metrics["AP"]
+
+
+class ClassificationScorer:
+    """Top-1 of a path of the pre-trained classification supernet on held-out training images,
+    after BN recalibration on other training images."""
+
+    def __init__(self, model: nn.Module, val: tuple[Tensor, Tensor], recal: Tensor, *, batch_size: int,
+                 device: torch.device) -> None:
+        self.model, self.batch_size, self.device = model, batch_size, device
+        self.val_x, self.val_y = val
+        self.recal = recal
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, arch: Arch) -> float:
+        set_path(self.model, arch)
+        chunks = [self.recal[i:i + self.batch_size].to(self.device) for i in range(0, len(self.recal), self.batch_size)]
+        recalibrate_bn(self.model, chunks, self.model)
+        with torch.no_grad():
+            correct = sum(
+                int((self.model(self.val_x[i:i + self.batch_size].to(self.device)).argmax(1).cpu()
+                     == self.val_y[i:i + self.batch_size]).sum())
+                for i in range(0, len(self.val_x), self.batch_size)
+            )
+        top1 = correct / len(self.val_x)
+        self.last_metrics = {"top1": top1}
+        return top1
+
+
+def _stack(dataset: ClassificationDataset, limit: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    idx = np.arange(len(dataset))
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    items = [dataset[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def _classification_scorer(supernet_file: Path, split_file: Path, s: StageSearchSettings, device: torch.device) -> ClassificationScorer:
+    ckpt = torch.load(supernet_file, map_location=device, weights_only=True)
+    space = get_space(ckpt["space"])
+    model = Supernet(space, num_classes=len(ckpt["classes"]), dropout=ckpt.get("dropout", 0.1)).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    split = read_json(split_file)
+    transform = classification_transforms(train=False, image_size=int(ckpt["image_size"]))
+    holdout = set(split["holdout"])
+    val = _stack(ClassificationDataset(Path(split["root"]), transform=transform, include=holdout), s.eval_images, s.seed)
+    recal_x, _ = _stack(ClassificationDataset(Path(split["root"]), transform=transform, exclude=holdout),
+                        s.recalibration_images, s.seed)
+    return ClassificationScorer(model, val, recal_x, batch_size=max(s.batch_size, 32), device=device)
+
+
+class _ScoreLog:
+    """Scores on disk: one JSON line per candidate, appended as soon as it is known."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.known: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed job
+                    continue
+                self.known[row["arch"]] = row
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.known[row["arch"]] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:  # a line is written whole or, if killed mid-write, ignored
+            f.write(json.dumps(row) + "\n")
+
+
+def _distributed_score(dist: Dist, scorer: Callable[[Arch], float], log: _ScoreLog, macs: Callable[[Arch], float],
+                       progress: Callable[[dict[str, Any]], None]) -> Callable[[list[Arch]], list[float]]:
+    """On rank 0: a generation -> its fitness, each rank scoring its share of the new candidates."""
+
+    def score(candidates: list[Arch]) -> list[float]:
+        todo = [a for a in candidates if str(a) not in log.known]
+        dist.broadcast_object([str(a) for a in todo])
+        rows = _score_share(dist, scorer, [a for a in todo], macs)
+        for r in rows:
+            log.add(r)
+            progress(r)
+        return [log.known[str(a)]["fitness"] for a in candidates]
+
+    return score
+
+
+def _score_share(dist: Dist, scorer: Callable[[Arch], float], todo: list[Arch], macs: Callable[[Arch], float]) -> list[dict[str, Any]]:
+    mine = []
+    for arch in todo[dist.rank::dist.world_size]:
+        t = time.perf_counter()
+        fitness = scorer(arch)
+        mine.append({"arch": str(arch), "fitness": fitness, "mflops": macs(arch) / 1e6, "seconds": time.perf_counter() - t,
+                     "rank": dist.rank, **{f"metric_{k}": v for k, v in getattr(scorer, "last_metrics", {}).items()}})
+    gathered = dist.all_gather_object(mine)
+    return [r for rows in gathered for r in rows]
+
+
+def _worker_loop(dist: Dist, scorer: Callable[[Arch], float], space: SearchSpace, macs: Callable[[Arch], float]) -> None:
+    """Ranks > 0: score the share of every generation rank 0 broadcasts, until it sends None."""
+    while True:
+        todo = dist.broadcast_object(None)
+        if todo is None:
+            return
+        _score_share(dist, scorer, [space.parse(a) for a in todo], macs)
+
+
+def run_search_stage(
+    settings: dict[str, Any],
+    *,
+    supernet: Path,
+    val_file: Path,
+    recal_file: Path | None,
+    arch_out: Path,
+    history_out: Path,
+    curve_out: Path,
+    checkpoint_dir: Path,
+    mlflow: dict[str, Any],
+    threads: int,
+    device: str = "auto",
+) -> None:
+    """Search; write the chosen architecture (JSON), the full history (CSV) and the curves (PNG).
+
+    detnas/random: ``supernet`` is the fine-tuned detection supernet, ``val_file`` the
+    search-validation annotations, ``recal_file`` the supernet's training annotations. clsnas:
+    ``supernet`` is the pre-trained classification supernet and ``val_file`` its split.json.
+    """
+    s = StageSearchSettings.from_dict(settings)
+    dist = init_distributed(device)
+    set_threads(threads, dist.world_size)
+    t0 = time.perf_counter()
+    if s.method == "clsnas":
+        scorer: Any = _classification_scorer(supernet, val_file, s, dist.device)
+        space = scorer.model.space
+    else:
+        model, meta = detector_from_checkpoint(supernet, dist.device)
+        space = get_space(meta["space"])
+        if recal_file is None:
+            raise ValueError("detection search needs --recal (the supernet's training annotations)")
+        val = DetectionImages.load(val_file, limit=s.eval_images, seed=s.seed)
+        recal = DetectionImages.load(recal_file, limit=s.recalibration_images, seed=s.seed, with_objects=True)
+        scorer = DetectionScorer(model, val, recal, batch_size=s.batch_size, device=dist.device, seed=s.seed)
+    prep_seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        _worker_loop(dist, scorer, space, cost_table(space).backbone_macs)
+        dist.close()
+        return
+
+    try:
+        _lead(s, settings, space, scorer, dist, supernet=supernet, checkpoint_dir=checkpoint_dir, mlflow=mlflow,
+              arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
+    finally:
+        dist.broadcast_object(None)  # release the workers, also when rank 0 failed
+        dist.close()
+
+
+def _lead(
+    s: StageSearchSettings,
+    settings: dict[str, Any],
+    space: SearchSpace,
+    scorer: Callable[[Arch], float],
+    dist: Dist,
+    *,
+    supernet: Path,
+    checkpoint_dir: Path,
+    mlflow: dict[str, Any],
+    arch_out: Path,
+    history_out: Path,
+    curve_out: Path,
+    prep_seconds: float,
+) -> None:
+    """Rank 0: run the EA, scoring generations across the ranks; write the outputs."""
+    table = cost_table(space)
+    lo = -np.inf if s.min_mflops is None else s.min_mflops * 1e6
+    hi = np.inf if s.max_mflops is None else s.max_mflops * 1e6
+
+    def feasible(arch: Arch) -> bool:
+        return lo <= table.backbone_macs(arch) <= hi
+
+    # a checkpoint folder of other settings is wiped: its scores would not be comparable
+    marker = checkpoint_dir / "settings.json"
+    stamp = {"settings": settings, "space": space.name, "supernet": str(supernet)}
+    if marker.is_file() and read_json(marker) != stamp:
+        print(f"search checkpoints in {checkpoint_dir} belong to other settings; starting afresh", flush=True)
+        for name in ("state.json", "scores.jsonl"):
+            (checkpoint_dir / name).unlink(missing_ok=True)
+    write_json_atomic(stamp, marker)
+    log = _ScoreLog(checkpoint_dir / "scores.jsonl")
+    state_file = checkpoint_dir / "state.json"
+    state = read_json(state_file) if state_file.is_file() else None
+    if state is not None or log.known:
+        gen = state["generation"] if state else 0
+        print(f"resuming the search after generation {gen} ({len(log.known)} candidates already scored)", flush=True)
+    budget = s.population * s.generations
+    print(f"search {s.method}: space {space.name}, {budget} evaluations at most, FLOPs in "
+          f"[{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M, {dist.world_size} process(es); "
+          f"images prepared in {prep_seconds:.1f} s", flush=True)
+
+    with StageRun(**mlflow, params={**settings, "world_size": dist.world_size}) as run:
+        counter = {"n": len(log.known)}
+
+        def progress(row: dict[str, Any]) -> None:
+            counter["n"] += 1
+            print(f"[search {s.method}] {counter['n']}/{budget} {row['arch']} fitness {row['fitness']:.4f} "
+                  f"{row['mflops']:.1f} MFLOPs ({row['seconds']:.1f} s, rank {row['rank']})", flush=True)
+
+        def on_generation(st: dict[str, Any]) -> None:
+            write_json_atomic(st, state_file)
+            hist = [Candidate(**c) for c in st["history"]]
+            gen = st["generation"]
+            run.log_metrics({"best_fitness": best(hist).fitness,
+                             "top_k_mean": float(np.mean([c.fitness for c in top(hist, s.population)]))}, gen)
+            print(f"generation {gen}/{s.generations}: {len(hist)} scored, best {best(hist).arch} "
+                  f"{best(hist).fitness:.4f}", flush=True)
+
+        history = run_search(space, _distributed_score(dist, scorer, log, table.backbone_macs, progress), feasible,
+                             s.algorithm(), np.random.default_rng(s.seed), state=state, on_generation=on_generation)
+        if not history:
+            raise ValueError(f"no architecture of space {space.name} satisfies the FLOPs bounds "
+                             f"[{s.min_mflops}, {s.max_mflops}] M")
+        chosen = best(history)
+        arch = space.parse(chosen.arch)
+        rows = [{**log.known[c.arch], "generation": c.generation} for c in history]
+        seconds = [r["seconds"] for r in rows if r.get("seconds") is not None]
+        result = {
+            "method": s.method,
+            "arch": chosen.arch,
+            "space": space.name,
+            "fitness": chosen.fitness,
+            "fitness_metric": "top1" if s.method == "clsnas" else "AP",
+            "mflops": table.backbone_macs(arch) / 1e6,
+            "backbone_params_m": table.backbone_params(arch) / 1e6,
+            "evaluations": len(history),
+            "generations": max(c.generation for c in history) + 1,
+            "seconds_per_candidate": float(np.mean(seconds)) if seconds else None,
+            "mlflow_run_id": run.run_id,
+        }
+        _write_history(rows, history_out)
+        plot_search_curves({s.method: history}, curve_out, population=s.population,
+                           ylabel="top-1 (held-out)" if s.method == "clsnas" else "mmAP (search split)")
+        write_json_atomic(result, arch_out)
+        run.set_tags({"arch": chosen.arch, "method": s.method})
+        run.log_metrics({"chosen_fitness": chosen.fitness, "chosen_mflops": result["mflops"]}, len(history))
+        run.log_artifacts(arch_out, history_out, curve_out)
+        print(f"chosen: {chosen.arch} fitness {chosen.fitness:.4f}, {result['mflops']:.1f} MFLOPs", flush=True)
+
+
+def _write_history(rows: list[dict[str, Any]], path: Path) -> None:
+    keys = ["generation", "arch", "mflops", "fitness", "seconds", "rank"]
+    extra = sorted({k for r in rows for k in r if k.startswith("metric_")})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys + extra, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_text_atomic(buf.getvalue(), path)

@@ -1,0 +1,200 @@
+"""The search algorithm (pure, synthetic fitness) and the search stage (kill/resume, two ranks)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import as_json, run_detnas
+from detnas.flops import cost_table
+from detnas.search import SearchSettings, best, run_search
+from detnas.space import Arch, get_space
+
+
+def additive(space, seed):
+    """A known fitness: a random score per (block, choice), summed along the path."""
+    w = np.random.default_rng(seed).random((space.num_blocks, 4))
+    rows = np.arange(space.num_blocks)
+    return (lambda arch: float(w[rows, arch.genes].sum())), Arch(tuple(int(i) for i in w.argmax(1)))
+
+
+def search(space, fitness, settings, seed, feasible=lambda a: True, state=None, on_generation=None, scored=None):
+    def score(cands):
+        if scored is not None:
+            scored.extend(cands)
+        return [fitness(a) for a in cands]
+
+    return run_search(space, score, feasible, settings, np.random.default_rng(seed), state=state,
+                      on_generation=on_generation)
+
+
+def test_never_scores_infeasible_or_duplicate():
+    space = get_space("small")
+    table = cost_table(space)
+    limit = 290e6  # about half of the space is feasible
+    feasible = lambda a: table.backbone_macs(a) <= limit  # noqa: E731
+    fitness, _ = additive(space, 0)
+    scored = []
+    history = search(space, fitness, SearchSettings(population=20, parents=5, generations=8), 0, feasible, scored=scored)
+    assert len(scored) == len(set(scored)) == len(history) == 160
+    assert all(table.backbone_macs(a) <= limit for a in scored)
+    assert [str(a) for a in scored] == [c.arch for c in history]
+    assert table.backbone_macs(space.parse(best(history).arch)) <= limit
+
+
+def test_same_seed_same_search():
+    space = get_space("tiny")
+    fitness, _ = additive(space, 1)
+    s = SearchSettings(population=10, parents=3, generations=4)
+    assert search(space, fitness, s, 7) == search(space, fitness, s, 7)
+    assert search(space, fitness, s, 7) != search(space, fitness, s, 8)
+
+
+def test_evolution_beats_random_at_the_same_budget():
+    space = get_space("small")
+    wins = 0
+    for seed in range(20):
+        fitness, _ = additive(space, 100 + seed)
+        ea = best(search(space, fitness, SearchSettings(population=20, parents=5, generations=10), seed)).fitness
+        rnd = best(search(space, fitness, SearchSettings(population=20, parents=5, generations=10, method="random"), seed)).fitness
+        wins += ea > rnd
+    assert wins >= 17, f"EA won {wins}/20"
+
+
+def test_evolution_finds_the_optimum_of_a_small_space():
+    space = get_space("tiny")  # 4^8 = 65,536 architectures; 1,000 evaluations
+    found = 0
+    for seed in range(5):
+        fitness, optimum = additive(space, seed)
+        history = search(space, fitness, SearchSettings(population=50, parents=10, generations=20), seed)
+        found += best(history).arch == str(optimum)
+    assert found >= 4
+
+
+def test_random_search_has_the_same_budget():
+    space = get_space("small")
+    fitness, _ = additive(space, 0)
+    assert len(search(space, fitness, SearchSettings(population=12, parents=3, generations=5, method="random"), 0)) == 60
+
+
+def test_resumed_search_equals_uninterrupted():
+    space = get_space("small")
+    fitness, _ = additive(space, 3)
+    s = SearchSettings(population=10, parents=3, generations=6)
+    states = []
+    full = search(space, fitness, s, 5, on_generation=lambda st: states.append(json.loads(json.dumps(st))))
+    assert len(states) == 6
+    scored = []
+    resumed = search(space, fitness, s, 5, state=states[2], scored=scored)  # killed after generation 3
+    assert resumed == full
+    assert len(scored) == 30  # only generations 4-6 were scored again... none of them before
+    assert not set(map(str, scored)) & {c["arch"] for c in states[2]["history"]}
+
+
+def test_exhausted_space_stops_cleanly():
+    space = get_space("tiny")
+    fitness, _ = additive(space, 0)
+    table = cost_table(space)
+    every = np.array(np.meshgrid(*[range(4)] * space.num_blocks, indexing="ij")).reshape(space.num_blocks, -1).T
+    macs = np.sort(table.stem_macs + table.macs[np.arange(space.num_blocks), every].sum(1))
+    limit = macs[29]  # 30 feasible architectures (ties aside)
+    n_feasible = int((macs <= limit).sum())
+    feasible = lambda a: table.backbone_macs(a) <= limit  # noqa: E731
+    history = search(space, fitness, SearchSettings(population=20, parents=5, generations=5), 0, feasible)
+    # generations shrink when no new feasible architecture can be drawn; nothing is scored twice
+    assert 0 < len(history) == len({c.arch for c in history}) <= n_feasible < 100
+    assert all(feasible(space.parse(c.arch)) for c in history)
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def search_inputs(det_source, tmp_path_factory):
+    """An untrained tiny detection supernet saved as a fine-tuned one, and the split files."""
+    from detnas.data.coco import prepare_detection, split_detection
+    from detnas.detectors import DetectorSettings, build_detector
+    from detnas.io import save_checkpoint, write_json_atomic
+    from detnas.supernet import Supernet
+
+    root = tmp_path_factory.mktemp("search")
+    data = prepare_detection(det_source / "instances_train.json", [det_source / "images"])
+    train, val = split_detection(data, size=6, seed=0)
+    write_json_atomic(train, root / "supernet_train.json")
+    write_json_atomic(val, root / "search_val.json")
+    detector = dict(min_size=64, max_size=64, fpn_channels=16, head_conv_channels=16, head_fc_channels=32,
+                    anchor_sizes=[8, 16, 32, 48, 64], rpn_post_nms_top_n_test=50, rpn_pre_nms_top_n_test=100)
+    torch.manual_seed(0)
+    model = build_detector(Supernet(get_space("tiny")), num_classes=5, settings=DetectorSettings.from_dict(detector))
+    save_checkpoint({"kind": "detector", "space": "tiny", "arch": None, "detector": detector, "num_classes": 5,
+                     "category_ids": [1, 2, 3, 4, 5], "state_dict": model.state_dict()}, root / "supernet.pt")
+    return root
+
+
+SEARCH = {"method": "detnas", "population": 6, "parents": 2, "generations": 3, "max_mflops": 40,
+          "recalibration_images": 4, "eval_images": 6, "batch_size": 4, "seed": 0}
+
+
+def search_args(root, out, settings=SEARCH):
+    return ["search", "--settings", as_json(settings), "--supernet", str(root / "supernet.pt"),
+            "--val", str(root / "search_val.json"), "--recal", str(root / "supernet_train.json"),
+            "--arch-out", str(out / "arch.json"), "--history", str(out / "history.csv"),
+            "--curve", str(out / "curve.png"), "--checkpoint-dir", str(out / "ck"), "--threads", "1"]
+
+
+def _scores(out):
+    return [json.loads(line) for line in (out / "ck" / "scores.jsonl").read_text().splitlines()]
+
+
+def test_search_stage_outputs(search_inputs, tmp_path):
+    import pandas as pd
+
+    run_detnas(*search_args(search_inputs, tmp_path))
+    chosen = json.loads((tmp_path / "arch.json").read_text())
+    history = pd.read_csv(tmp_path / "history.csv", dtype={"arch": str})
+    assert len(history) == chosen["evaluations"] == 18 and history["arch"].is_unique
+    assert (history["mflops"] <= 40).all() and chosen["mflops"] <= 40
+    assert chosen["fitness"] == history["fitness"].max()
+    assert set(history["generation"]) == {0, 1, 2}
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_killed_search_resumes_without_rescoring(search_inputs, tmp_path):
+    settings = {**SEARCH, "generations": 4}
+    ref = tmp_path / "ref"
+    run_detnas(*search_args(search_inputs, ref, settings))
+    out = tmp_path / "killed"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "detnas", *search_args(search_inputs, out, settings)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        t = time.time()
+        while not (out / "ck" / "state.json").exists() or len(_scores(out)) < 8:
+            assert time.time() - t < 120 and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = len(_scores(out))
+    second = run_detnas(*search_args(search_inputs, out, settings))
+    assert "candidates already scored" in second.stdout
+    rows = _scores(out)
+    assert len(rows) == len({r["arch"] for r in rows}) == 24  # nothing scored twice
+    assert json.loads((out / "arch.json").read_text())["arch"] == json.loads((ref / "arch.json").read_text())["arch"]
+    assert (out / "history.csv").read_text() .count("\n") == (ref / "history.csv").read_text().count("\n")
+    assert before >= 8
+
+
+def test_two_ranks_score_every_candidate_once(search_inputs, tmp_path):
+    run_detnas(*search_args(search_inputs, tmp_path), launcher=[sys.executable, "-m", "detnas.launch", "--nproc", "2"],
+               env={"OMP_NUM_THREADS": "1"})
+    rows = _scores(tmp_path)
+    assert len(rows) == len({r["arch"] for r in rows}) == 18
+    assert {r["rank"] for r in rows} == {0, 1}
+    single = tmp_path / "single"
+    run_detnas(*search_args(search_inputs, single))
+    # scores do not depend on which rank computed them: the same search, the same choice
+    assert json.loads((tmp_path / "arch.json").read_text())["arch"] == json.loads((single / "arch.json").read_text())["arch"]

@@ -1,0 +1,130 @@
+# Final retraining of a chosen architecture as a standalone network: classification pre-training
+# from scratch, detection fine-tuning on the whole training set, evaluation on the test split.
+# The schedules are the supernet stages' unless the experiment's `retrain:` overrides them.
+
+
+
+def retrain_pretrain_settings(name):
+    e = experiment(name)
+    over = e["retrain"]["pretrain"]
+    unknown = set(over) - set(pretrain_settings(e["pretrain"]))
+    if unknown:
+        raise ValueError(f"config/config.yaml: experiments.{name}.retrain.pretrain has unknown keys {sorted(unknown)}")
+    return {**pretrain_settings(e["pretrain"]), **over}
+
+
+def retrain_finetune_settings(name):
+    e = experiment(name)
+    base = finetune_settings(name, scratch=False)
+    over = e["retrain"]["finetune"]
+    unknown = set(over) - set(base)
+    if unknown:
+        raise ValueError(f"config/config.yaml: experiments.{name}.retrain.finetune has unknown keys {sorted(unknown)}")
+    return {**base, **over}
+
+
+rule retrain_pretrain:
+    input:
+        arch=f"{R}/{{experiment}}/{{method}}/search/arch.json",
+        split=lambda w: f"{cls_dir(pretrain_run(experiment(w.experiment)['pretrain'])['data'])}/split.json",
+    output:
+        weights=f"{R}/{{experiment}}/{{method}}/retrain/classifier.pt",
+        metrics=f"{R}/{{experiment}}/{{method}}/retrain/classifier_metrics.json",
+        curves=f"{R}/{{experiment}}/{{method}}/retrain/classifier_curves.png",
+    params:
+        settings=lambda w: as_json(retrain_pretrain_settings(w.experiment)),
+        mlflow=lambda w: mlflow_run(w.experiment, "retrain_pretrain", f"retrain {w.method}: classification", w,
+                                    **experiment_tags(w.experiment, method=w.method)),
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/retrain_pretrain/{{experiment}}_{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/retrain_pretrain/{{experiment}}_{{method}}.tsv"
+    shell:
+        "python -m detnas.launch --nproc {resources.gpu} pretrain --settings {params.settings:q}"
+        " --split {input.split} --arch-file {input.arch} --weights {output.weights} --metrics {output.metrics}"
+        " --curves {output.curves} --checkpoint-dir {R}/{wildcards.experiment}/{wildcards.method}/retrain/checkpoints_cls"
+        " --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"
+
+
+rule retrain_finetune:
+    input:
+        arch=f"{R}/{{experiment}}/{{method}}/search/arch.json",
+        init=f"{R}/{{experiment}}/{{method}}/retrain/classifier.pt",
+        train=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/train.json",
+    output:
+        weights=f"{R}/{{experiment}}/{{method}}/retrain/detector.pt",
+        metrics=f"{R}/{{experiment}}/{{method}}/retrain/detector_metrics.json",
+        curves=f"{R}/{{experiment}}/{{method}}/retrain/detector_curves.png",
+    params:
+        settings=lambda w: as_json(retrain_finetune_settings(w.experiment)),
+        mlflow=lambda w: mlflow_run(w.experiment, "retrain_finetune", f"retrain {w.method}: detection", w,
+                                    **experiment_tags(w.experiment, method=w.method)),
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/retrain_finetune/{{experiment}}_{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/retrain_finetune/{{experiment}}_{{method}}.tsv"
+    shell:
+        "python -m detnas.launch --nproc {resources.gpu} finetune --settings {params.settings:q}"
+        " --train {input.train} --init {input.init} --arch-file {input.arch} --weights {output.weights}"
+        " --metrics {output.metrics} --curves {output.curves}"
+        " --checkpoint-dir {R}/{wildcards.experiment}/{wildcards.method}/retrain/checkpoints_det"
+        " --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"
+
+
+def evaluate_input(w):
+    method = w.get("method", "detnas")
+    d = f"{R}/{w.experiment}/{method}"
+    return {
+        "detector": f"{d}/retrain/detector.pt",
+        "arch": f"{d}/search/arch.json",
+        "classifier": f"{d}/retrain/classifier_metrics.json",
+        "test": f"{det_dir(experiment(w.experiment)['data'])}/test.json",
+    }
+
+
+def evaluate_info(w):
+    e = experiment(w.experiment)
+    return as_json({"experiment": w.experiment, "method": w.get("method", "detnas"), "dataset": e["data"],
+                    "detector": e["detector"]["name"]})
+
+
+def primary_metric(w):
+    return "AP50" if detection_data(experiment(w.experiment)["data"])["type"] == "voc" else "AP"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_input),
+    output:
+        final=f"{R}/{{experiment}}/{{method}}/final.json",
+    wildcard_constraints:
+        method="random|clsnas|scratch|shufflenetv2",
+    params:
+        info=evaluate_info,
+        primary=primary_metric,
+        batch_size=lambda w: experiment(w.experiment)["finetune"]["eval_batch_size"],
+        mlflow=lambda w: mlflow_run(w.experiment, "evaluate", f"final {w.get('method', 'detnas')}", w,
+                                    **experiment_tags(w.experiment, method=w.get("method", "detnas"))),
+    log:
+        f"{R}/logs/evaluate/{{experiment}}_{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{experiment}}_{{method}}.tsv"
+    shell:
+        "python -m detnas evaluate --detector {input.detector} --test {input.test} --arch-file {input.arch}"
+        " --classifier-metrics {input.classifier} --out {output.final} --info {params.info:q}"
+        " --primary {params.primary} --batch-size {params.batch_size} --threads {threads}"
+        " --mlflow {params.mlflow:q} > {log} 2>&1"
+
+
+# DetNAS itself: its final.json sits at the experiment's root (results/{experiment}/final.json)
+use rule evaluate as evaluate_detnas with:
+    output:
+        final=f"{R}/{{experiment}}/final.json",
+    log:
+        f"{R}/logs/evaluate/{{experiment}}_detnas.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{experiment}}_detnas.tsv"
