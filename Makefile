@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install test demo clean-results
+.PHONY: install test demo report clean-results
 
 install: $(STAMP)
 
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The embedded demo end to end on this machine: synthetic data, the five methods, the comparison.
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/python -m detnas report
+
+report: $(STAMP)
+	$(BIN)/python -m detnas report
 
 clean-results:
 	rm -rf results .snakemake

@@ -29,6 +29,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/retrain.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/selfcheck.smk"
 
 
 rule all:

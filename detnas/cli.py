@@ -294,6 +294,55 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_compare)
 
 
+def _report(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .tracking import default_tracking_uri
+
+    experiment = args.experiment
+    if experiment is None:
+        with open(args.config) as f:
+            experiment = yaml.safe_load(f).get("demo_experiment", "shapes_fpn")
+    root = args.results / experiment
+    table = root / "comparison.csv"
+    if not table.is_file():
+        raise ValueError(f"{table}: not found; run the workflow first (make demo, or snakemake {table})")
+    import pandas as pd
+
+    df = pd.read_csv(table, dtype={"arch": str})
+    shown = df[["method", "arch", "mflops", "AP", "AP50", "APs", "APm", "APl", "top1"]]
+    print(f"\n{experiment}: test-split COCO metrics of the retrained architectures, backbone MFLOPs at 224x224, "
+          f"classification top-1\n")
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png)")
+    print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
+    print(f"logs:        {args.results.resolve()}/logs/")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {default_tracking_uri(args.results)}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="print an experiment's comparison table and where its results are")
+    p.add_argument("--experiment", help="default: demo_experiment of the config")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.set_defaults(func=_report)
+
+
+def _selfcheck(args: argparse.Namespace) -> int:
+    from .stages.selfcheck import run_selfcheck
+
+    return run_selfcheck(out=args.out, expect_processes=args.expect_processes, device=args.device)
+
+
+def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selfcheck", help="print the processes, ranks and devices a job sees (allocation check)")
+    p.add_argument("--out", type=Path, help="also write the report as JSON")
+    p.add_argument("--expect-processes", type=int, help="fail unless the job runs this many processes (0 or 1: one)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=_selfcheck)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_flops,
     _add_synthesize,
@@ -304,6 +353,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_fixed_arch,
     _add_evaluate,
     _add_compare,
+    _add_report,
+    _add_selfcheck,
 ]
 
 

@@ -69,7 +69,7 @@ def _wait_for(predicate, timeout=120.0):
 
 
 def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
-    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 400}}
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
     args = pretrain_args(cls_split, tmp_path, settings)
     with open(tmp_path / "first.log", "w") as log:
         proc = _start(args, log)
@@ -80,22 +80,22 @@ def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "metrics.json").exists()
     saved = torch.load(ckpt, weights_only=True)["step"]
-    assert 10 <= saved < 400
+    assert 10 <= saved < 150
     second = run_detnas(*args)
     assert f"resuming from {ckpt} at step" in second.stdout
     resumed_at = int(second.stdout.split("at step ")[1].split()[0])
     assert resumed_at >= saved
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     steps = [r["step"] for r in metrics["history"]]
-    assert steps[-1] == 400 and steps == sorted(set(steps))  # same step count, no step logged twice
+    assert steps[-1] == 150 and steps == sorted(set(steps))  # same step count, no step logged twice
 
 
 def test_sigterm_checkpoints_then_resumes(cls_split, tmp_path):
-    settings = {**SETTINGS, "checkpoint_every": 100000, "schedule": {**SETTINGS["schedule"], "iterations": 400}}
+    settings = {**SETTINGS, "checkpoint_every": 100000, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
     args = pretrain_args(cls_split, tmp_path, settings)
     with open(tmp_path / "first.log", "w") as log:
         proc = _start(args, log)
-        _wait_for(lambda: "step 10/400" in (tmp_path / "first.log").read_text())
+        _wait_for(lambda: "step 10/150" in (tmp_path / "first.log").read_text())
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 143, (tmp_path / "first.log").read_text()[-2000:]
@@ -106,7 +106,7 @@ def test_sigterm_checkpoints_then_resumes(cls_split, tmp_path):
 
 
 def test_changed_settings_do_not_resume_a_foreign_checkpoint(cls_split, tmp_path):
-    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 400}}
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
     with open(tmp_path / "first.log", "w") as log:
         proc = _start(pretrain_args(cls_split, tmp_path, settings), log)
         _wait_for((tmp_path / "checkpoints" / "last.pt").exists)

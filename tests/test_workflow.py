@@ -1,6 +1,8 @@
 """The Snakemake DAG itself: planning every experiment, running stages, rerunning only what changed."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -50,3 +52,50 @@ def test_pretrain_target_runs_and_reruns_only_what_changed(tmp_path):
 
     edit_config(wd, "holdout: {size: 0.25, seed: 0}", "holdout: {size: 0.25, seed: 1}")  # the split seed
     assert planned(wd, target) == {"split_classification": 1, "pretrain_supernet": 1}
+
+
+FINAL_FIELDS = {"experiment", "method", "dataset", "detector", "arch", "space", "mflops", "backbone_params_m",
+                "AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "mlflow_run_id", "primary_metric"}
+METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2"]
+
+
+@pytest.mark.slow
+def test_end_to_end_dag_all_methods(tmp_path):
+    """The real DAG on the micro configuration: five methods, final.json, comparison, MLflow runs."""
+    from mlflow.tracking import MlflowClient
+
+    wd = make_workdir(tmp_path)
+    proc = snakemake(wd, "--cores", "2")  # the default target: the demo experiment's comparison
+    assert "Finished" in proc.stdout + proc.stderr
+    finals = {m: json.loads((wd / "results/shapes_fpn" / ("final.json" if m == "detnas" else f"{m}/final.json")).read_text())
+              for m in METHODS}
+    for method, final in finals.items():
+        assert FINAL_FIELDS <= set(final), method
+        assert final["method"] == method and final["experiment"] == "shapes_fpn" and len(final["arch"]) == 8
+        assert 0.0 <= final["AP"] <= 1.0 and 0.0 <= final["top1"] <= 1.0
+        assert final["mflops"] <= 40 or method == "shufflenetv2"
+    assert finals["shufflenetv2"]["arch"] == "00000000"
+    table = (wd / "results/shapes_fpn/comparison.csv").read_text().splitlines()
+    assert table[0].startswith("method,arch,mflops") and [r.split(",")[0] for r in table[1:]] == METHODS
+    assert (wd / "results/shapes_fpn/comparison.png").stat().st_size > 5000
+
+    client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
+    exp = client.get_experiment_by_name("shapes_fpn")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
+    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert {"experiment", "detector", "dataset", "space", "arch", "git_commit", "wildcards"} <= set(r.data.tags)
+        assert r.info.run_id == finals[r.data.tags["method"]]["mlflow_run_id"]
+        assert r.data.metrics["AP"] == pytest.approx(finals[r.data.tags["method"]]["AP"])
+    stages = {r.data.tags["stage"] for r in client.search_runs([exp.experiment_id])}
+    assert {"finetune_supernet", "search", "retrain_pretrain", "retrain_finetune", "evaluate", "compare"} <= stages
+
+    # rerunning does nothing; changing only the search settings reruns searches and what follows them
+    assert planned(wd) == {}
+    edit_config(wd, "      population: 4\n", "      population: 3\n")
+    assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
+                           "evaluate_detnas": 1, "compare": 1, "all": 1}
+
+    report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True)
+    assert report.returncode == 0 and "shufflenetv2" in report.stdout and "mlflow ui --backend-store-uri" in report.stdout
