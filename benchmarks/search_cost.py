@@ -21,6 +21,7 @@ import yaml
 
 from detnas.evaluate import DetectionImages
 from detnas.stages.finetune import detector_from_checkpoint
+from detnas.space import get_space
 from detnas.stages.search import DetectionScorer
 from detnas.supernet import set_path
 
@@ -48,9 +49,6 @@ def main() -> None:
                                  seed=search["seed"], with_objects=True)
     prep = time.perf_counter() - t
     scorer = DetectionScorer(model, val, recal, batch_size=search["batch_size"], device=device, seed=search["seed"])
-    space = model.backbone.body.stage1[0].choices[0]  # noqa: F841 - the supernet lives inside the detector
-    from detnas.space import get_space
-
     space = get_space(meta["space"])
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(args.candidates)]

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,13 +12,26 @@ from workflow import ROOT, edit_config, make_workdir, planned, snakemake
 
 
 def test_dry_run_plans_every_experiment(tmp_path):
+    """Every experiment of config/config.yaml plans its whole DAG without its data being there."""
     wd = make_workdir(tmp_path, ROOT / "config" / "config.yaml")
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    targets = [f"results/pretrain/{e['pretrain']}/supernet.pt" for e in config["experiments"].values()]
-    targets += [f"results/data/detection/{e['data']}/search_val.json" for e in config["experiments"].values()]
-    jobs = planned(wd, *targets)
-    assert jobs["pretrain_supernet"] == len({e["pretrain"] for e in config["experiments"].values()})
-    assert jobs["split_detection"] == len({e["data"] for e in config["experiments"].values()})
+    experiments = config["experiments"]
+    jobs = planned(wd, *[f"results/{name}/comparison.csv" for name in experiments])
+    n = len(experiments)
+    assert jobs["compare"] == n and jobs["evaluate_detnas"] == n and jobs["evaluate"] == 4 * n
+    assert jobs["search"] == 4 * n and jobs["finetune_supernet"] == 2 * n
+    assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == 5 * n
+    # shared stages once: one pre-training per pretrain entry, one split per dataset
+    assert jobs["pretrain_supernet"] == len({e["pretrain"] for e in experiments.values()})
+    assert jobs["split_detection"] == len({e["data"] for e in experiments.values()})
+
+
+def test_missing_real_data_names_the_path(tmp_path):
+    wd = make_workdir(tmp_path, ROOT / "config" / "config.yaml")
+    proc = snakemake(wd, "--cores", "1", "results/data/detection/coco/search_val.json", check=False)
+    assert proc.returncode != 0
+    log = (wd / "results/logs/split_detection/coco.log").read_text()
+    assert "/path/to/coco/annotations/instances_train2017.json" in log and "Traceback" not in log
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -99,3 +113,38 @@ def test_end_to_end_dag_all_methods(tmp_path):
 
     report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True)
     assert report.returncode == 0 and "shufflenetv2" in report.stdout and "mlflow ui --backend-store-uri" in report.stdout
+
+    # the MLflow UI's own search (what its run comparison shows) finds the five final runs
+    ui_uri = report.stdout.split("mlflow ui --backend-store-uri ")[1].split()[0]
+    runs = _ui_search(ui_uri, exp.experiment_id, "tags.stage = 'evaluate' and tags.experiment = 'shapes_fpn'")
+    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS)
+
+
+def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:
+    """Start `mlflow ui` on the store and ask its REST API what the UI lists for a filter."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen([mlflow, "ui", "--backend-store-uri", backend_uri, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 50}).encode()
+        deadline = time.time() + 90
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return json.loads(resp.read())["runs"]
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(30)
