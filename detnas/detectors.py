@@ -12,7 +12,7 @@ freezes BN only when it loads its own pretrained weights, which never happens he
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -25,6 +25,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .settings import known_keys
 from .supernet import _Skeleton
 
 __all__ = ["DETECTORS", "DetectorSettings", "build_detector"]
@@ -53,11 +54,7 @@ class DetectorSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectorSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown detector settings {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
+        d = known_keys(cls, d, "detector")
         for k in ("anchor_sizes", "aspect_ratios"):
             if d.get(k) is not None:
                 d[k] = tuple(float(x) for x in d[k])

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import zlib
 import time
-from dataclasses import asdict, dataclass, field, replace
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -20,6 +20,7 @@ from torch.utils.data import Sampler
 
 from .distributed import Dist
 from .io import load_checkpoint, save_checkpoint
+from .settings import known_keys
 from .space import Arch, SearchSpace
 from .supernet import inactive_modules, set_path
 
@@ -33,7 +34,6 @@ __all__ = [
     "make_sgd",
     "path_batchnorms",
     "recalibrate_bn",
-    "schedule_dict",
     "train",
     "uniform_path",
     "unwrap",
@@ -91,11 +91,7 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Schedule":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown schedule keys {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
+        d = known_keys(cls, d, "schedule")
         if "milestones" in d:
             d["milestones"] = tuple(d["milestones"])
         return cls(**d)
@@ -342,12 +338,6 @@ def train(
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP wrapper."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def schedule_dict(schedule: Schedule) -> dict[str, Any]:
-    d = asdict(schedule)
-    d["milestones"] = list(d["milestones"])
-    return d
 
 
 def path_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

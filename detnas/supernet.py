@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import CHOICES, make_block

@@ -27,7 +27,7 @@ def test_step_schedule_and_scaling():
 def test_schedule_rejects_bad_values():
     with pytest.raises(ValueError, match="policy"):
         Schedule(iterations=1, lr=0.1, policy="cosine")
-    with pytest.raises(ValueError, match="unknown schedule keys"):
+    with pytest.raises(ValueError, match=r"unknown schedule settings \[.lr_decay.\]"):
         Schedule.from_dict({"iterations": 1, "lr": 0.1, "lr_decay": 3})
 
 

@@ -1,7 +1,6 @@
 """The search algorithm (pure, synthetic fitness) and the search stage (kill/resume, two ranks)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -28,6 +28,7 @@ from ..engine import (
 )
 from ..io import load_checkpoint, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
+from ..settings import known_keys
 from ..space import Arch, SearchSpace, get_space
 from ..supernet import SinglePathNet, Supernet, _Skeleton
 from ..tracking import StageRun
@@ -53,11 +54,8 @@ class DetectionSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectionSettings":
-        d = dict(d)
-        d.pop("scratch_factor", None)  # consumed by the workflow: it sets schedule_factor
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown finetune settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        d = {k: v for k, v in d.items() if k != "scratch_factor"}  # the workflow turns it into schedule_factor
+        d = known_keys(cls, d, "finetune")
         d["schedule"] = Schedule.from_dict(d["schedule"])
         d["detector"] = DetectorSettings.from_dict(d["detector"])
         return cls(**d)

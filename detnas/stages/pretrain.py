@@ -27,6 +27,7 @@ from ..engine import (
 from ..evaluate import top1_accuracy
 from ..io import read_json, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
+from ..settings import known_keys
 from ..space import get_space
 from ..supernet import SinglePathNet, Supernet
 from ..tracking import StageRun
@@ -51,10 +52,7 @@ class ClassificationSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassificationSettings":
-        d = dict(d)
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown pretrain settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        d = known_keys(cls, d, "pretrain")
         d["schedule"] = Schedule.from_dict(d["schedule"])
         return cls(**d)
 

@@ -32,6 +32,7 @@ from ..flops import cost_table
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..search import Candidate, SearchSettings, best, run_search, top
+from ..settings import known_keys
 from ..space import Arch, SearchSpace, get_space
 from ..supernet import Supernet, set_path
 from ..tracking import StageRun
@@ -58,10 +59,7 @@ class StageSearchSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageSearchSettings":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown search settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        s = cls(**d)
+        s = cls(**known_keys(cls, d, "search"))
         if s.method not in ("detnas", "random", "clsnas"):
             raise ValueError(f"search method must be detnas, random or clsnas, got {s.method!r}")
         return s
