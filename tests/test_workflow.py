@@ -1,6 +1,7 @@
 """The Snakemake DAG itself: planning every experiment, running stages, rerunning only what changed."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,10 @@ def test_end_to_end_dag_all_methods(tmp_path):
     assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
                            "evaluate_detnas": 1, "compare": 1, "all": 1}
 
-    report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True)
-    assert report.returncode == 0 and "shufflenetv2" in report.stdout and "mlflow ui --backend-store-uri" in report.stdout
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the embedded default store
+    report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True, env=env)
+    assert report.returncode == 0 and "shufflenetv2" in report.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{wd.resolve()}/results/mlflow.db" in report.stdout
 
     # the MLflow UI's own search (what its run comparison shows) finds the five final runs
     ui_uri = report.stdout.split("mlflow ui --backend-store-uri ")[1].split()[0]
