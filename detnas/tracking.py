@@ -165,7 +165,9 @@ class StageRun:
                 if _sqlite_path(self.uri) is not None:
                     location = (self.results_dir.resolve() / "mlflow-artifacts" / self.experiment).as_uri()
                 try:
-                    exp_id = client.create_experiment(self.experiment, artifact_location=location)
+                    # the MLflow 3 UI then opens these experiments on their runs ("Model training")
+                    exp_id = client.create_experiment(self.experiment, artifact_location=location,
+                                                      tags={"mlflow.experimentKind": "custom_model_development"})
                 except Exception:  # created meanwhile by another job (tracking server)
                     exp = client.get_experiment_by_name(self.experiment)
                     if exp is None:

@@ -70,7 +70,7 @@ def test_pretrain_target_runs_and_reruns_only_what_changed(tmp_path):
 
 
 FINAL_FIELDS = {"experiment", "method", "dataset", "detector", "arch", "space", "mflops", "backbone_params_m",
-                "AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "mlflow_run_id", "primary_metric"}
+                "AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "mlflow_run_id", "primary_metric", "classifier_params_m"}
 METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2"]
 
 

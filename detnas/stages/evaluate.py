@@ -47,19 +47,18 @@ def run_evaluate(
     arch = space.parse(meta["arch"])
     table = cost_table(space)
     cls = read_json(classifier_metrics)
-    t = time.perf_counter()
-    data = DetectionImages.load(test_file)
-    metrics = evaluate_detector(model, data, batch_size=batch_size, device=dist.device)
-    seconds = time.perf_counter() - t
     with StageRun(**mlflow, params={"test_file": str(test_file), "primary_metric": primary_metric, **info}) as run:
+        t = time.perf_counter()
+        data = DetectionImages.load(test_file)
+        metrics = evaluate_detector(model, data, batch_size=batch_size, device=dist.device)
+        seconds = time.perf_counter() - t
         final = {
             **info,
             "arch": str(arch),
             "space": space.name,
             "mflops": table.backbone_macs(arch) / 1e6,
             "backbone_params_m": table.backbone_params(arch) / 1e6,
-            "classifier_params_m": table.classifier_params(arch, len(cls.get("classes", [])) or 1000) / 1e6
-            if "classes" in cls else None,
+            "classifier_params_m": table.classifier_params(arch, cls["num_classes"]) / 1e6,
             "test_images": len(data),
             **metrics,
             "primary_metric": primary_metric,

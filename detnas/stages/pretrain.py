@@ -157,6 +157,7 @@ def run_pretrain(
             "space": space.name,
             "iterations": cfg.schedule.iterations,
             "images": len(dataset),
+            "num_classes": len(classes),
             "world_size": dist.world_size,
             "initial_loss": history[0]["loss"] if history else None,
             "final_loss": history[-1]["loss"] if history else None,
