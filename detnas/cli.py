@@ -75,8 +75,9 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
 
 
-def _stage_args(p: argparse.ArgumentParser, *, mlflow: bool = True, compute: bool = False) -> None:
-    p.add_argument("--settings", type=_json_arg, required=True, help="the stage's settings as JSON (or @file)")
+def _stage_args(p: argparse.ArgumentParser, *, settings: bool = True, mlflow: bool = True, compute: bool = False) -> None:
+    if settings:
+        p.add_argument("--settings", type=_json_arg, required=True, help="the stage's settings as JSON (or @file)")
     if mlflow:
         p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": p.prog.split()[-1]},
                        help='MLflow run as JSON: {"experiment", "run_name", "tags"}')
@@ -268,9 +269,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--info", type=_json_arg, default={}, help="experiment, method, dataset, detector (JSON)")
     p.add_argument("--primary", default="AP", help="the headline metric: AP (COCO) or AP50 (VOC)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": "evaluate"})
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _stage_args(p, settings=False, compute=True)
     p.set_defaults(func=_evaluate)
 
 
@@ -290,7 +289,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", nargs="*", default=[], help="METHOD=history.csv of searches to plot")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--png", type=Path, required=True)
-    p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": "compare"})
+    _stage_args(p, settings=False)
     p.set_defaults(func=_compare)
 
 

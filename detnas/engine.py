@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .distributed import Dist
 from .io import load_checkpoint, save_checkpoint
@@ -35,6 +35,7 @@ __all__ = [
     "path_batchnorms",
     "recalibrate_bn",
     "train",
+    "training_batches",
     "uniform_path",
     "unwrap",
 ]
@@ -144,6 +145,29 @@ class InfiniteSampler(Sampler[int]):
             pos += self.world_size
 
 
+def training_batches(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    dist: Dist,
+    threads: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> Iterator[Any]:
+    """This rank's endless stream of training batches: ``batch_size`` (global) split over the
+    ranks, continuing after ``start_step`` steps; ``threads - 1`` loader workers per process."""
+    if batch_size % dist.world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {dist.world_size} processes")
+    per_rank = batch_size // dist.world_size
+    workers = max(0, threads // dist.world_size - 1) if threads else 0
+    sampler = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size,
+                              start=start_step * per_rank)
+    return iter(DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                           collate_fn=collate_fn, persistent_workers=workers > 0,
+                           pin_memory=dist.device.type == "cuda", drop_last=True))
+
+
 def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:
     """The path of iteration ``step``: uniform over the space, and a function of (seed, step) only,
     so every rank draws the same path without communicating and a resumed run replays the same
@@ -176,6 +200,16 @@ class Checkpointer:
             return None
         print(f"resuming from {self.path} at step {state['step']}", flush=True)
         return state
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
+        """Load the last checkpoint (if any, of the same settings) into ``model`` and ``optimizer``;
+        return the steps done and the progress history so far ((0, []) for a fresh start)."""
+        state = self.load()
+        if state is None:
+            return 0, []
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return state["step"], state["history"]
 
     def maybe_save(self, step: int, total: int, state_fn: Callable[[], dict[str, Any]]) -> None:
         """After completing ``step`` steps: save every ``every`` steps (not at the very end)."""
@@ -290,7 +324,6 @@ def train(
     start_step: int,
     progress: Progress,
     checkpointer: Checkpointer,
-    state_fn: Callable[[], dict[str, Any]],
     path_for_step: Callable[[int], Arch] | None = None,
     dist: Dist,
 ) -> None:
@@ -300,9 +333,14 @@ def train(
     so every rank holds the same path, which is checked), set the lr, losses =
     ``step_losses(batch)``, backward their sum, SGD step. Gradients are set to None (not zero)
     before each step, so parameters off the path are skipped by SGD: no momentum, no weight decay.
-    ``state_fn`` gives what a checkpoint holds besides the step. On SIGTERM the state is saved after
-    the current step and ``Preempted`` is raised; a rerun resumes from there.
+    A checkpoint holds the model (unwrapped), the optimizer and ``progress.history``; it is what
+    ``Checkpointer.resume`` loads. On SIGTERM the state is saved after the current step and
+    ``Preempted`` is raised; a rerun resumes from there.
     """
+
+    def state_fn() -> dict[str, Any]:
+        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "history": progress.history}
+
     model.train()
     with _StopRequest() as stop:
         for step in range(start_step, schedule.iterations):

@@ -200,6 +200,10 @@ class StageRun:
         if len(self._pending) >= _METRIC_FLUSH_ROWS or time.monotonic() - self._last_flush > _METRIC_FLUSH_SECONDS:
             self.flush()
 
+    def log_progress(self, row: dict[str, float]) -> None:
+        """A ``Progress`` row: every value but ``step``, at that step."""
+        self.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))
+
     def flush(self) -> None:
         if not self._pending or self.run_id is None:
             self._pending = []

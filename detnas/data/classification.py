@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from .coco import DataError
+from .coco import DataError, part_count
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -60,16 +60,7 @@ def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict
     root = Path(root).absolute()
     classes, samples = scan_image_folder(root)
     n = len(samples)
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)):
-        raise ValueError(f"holdout must be an int count or a float fraction, got {holdout!r}")
-    if isinstance(holdout, float):
-        if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout fraction must be in (0, 1), got {holdout}")
-        k = int(round(holdout * n))
-    else:
-        k = holdout
-    if not 0 < k < n:
-        raise ValueError(f"holdout must leave both parts non-empty: got {holdout!r} -> {k} of {n} images in {root}")
+    k = part_count(holdout, n, f"holdout of {root}")
     rng = np.random.default_rng(seed)
     picked = rng.choice(n, size=k, replace=False)  # samples are sorted, so this depends on seed + files only
     return {"root": str(root), "classes": classes, "holdout": sorted(samples[i][0] for i in picked)}

@@ -37,6 +37,7 @@ __all__ = [
     "DetectionDataset",
     "collate_detection",
     "load_coco_json",
+    "part_count",
     "prepare_detection",
     "resolve_image",
     "split_detection",
@@ -198,6 +199,24 @@ def prepare_detection(
     return validate_detection(out, source=str(ann_file), check_images=check_images, drop_degenerate=drop_degenerate)
 
 
+def part_count(size: int | float, n: int, what: str) -> int:
+    """How many of ``n`` items a split takes: an int is a count, a float in (0, 1) a fraction.
+
+    ValueError naming ``what`` unless both parts are non-empty.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise ValueError(f"{what} must be an int count or a float fraction, got {size!r}")
+    if isinstance(size, float):
+        if not 0.0 < size < 1.0:
+            raise ValueError(f"{what} fraction must be in (0, 1), got {size}")
+        k = int(round(size * n))
+    else:
+        k = size
+    if not 0 < k < n:
+        raise ValueError(f"{what} must leave both parts non-empty: got {size!r} -> {k} of {n} images")
+    return k
+
+
 def split_detection(dataset: dict, *, size: int | float, seed: int) -> tuple[dict, dict]:
     """Cut a seeded random search-validation subset of images out of ``dataset``.
 
@@ -207,16 +226,7 @@ def split_detection(dataset: dict, *, size: int | float, seed: int) -> tuple[dic
     """
     images = dataset["images"]
     n = len(images)
-    if isinstance(size, bool) or not isinstance(size, (int, float)):
-        raise ValueError(f"split size must be an int count or a float fraction, got {size!r}")
-    if isinstance(size, float):
-        if not 0.0 < size < 1.0:
-            raise ValueError(f"split fraction must be in (0, 1), got {size}")
-        k = int(round(size * n))
-    else:
-        k = size
-    if not 0 < k < n:
-        raise ValueError(f"split size must leave both parts non-empty: got {size!r} -> {k} of {n} images")
+    k = part_count(size, n, "split size")
 
     # Sort ids first so the split depends on the seed and the image set, not on file order.
     ids = np.array(sorted(img["id"] for img in images))

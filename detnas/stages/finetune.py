@@ -10,19 +10,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..data.coco import DetectionDataset, collate_detection
 from ..detectors import DetectorSettings, build_detector
 from ..distributed import init_distributed, set_threads
 from ..engine import (
     Checkpointer,
-    InfiniteSampler,
     Progress,
     Schedule,
     fingerprint,
     make_sgd,
     train,
+    training_batches,
     uniform_path,
     unwrap,
 )
@@ -121,25 +120,14 @@ def run_finetune(
         load_classification_weights(body, init)
     model = build_detector(body, num_classes=dataset.num_classes, settings=cfg.detector).to(dist.device)
 
-    if cfg.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world_size} processes")
-    per_rank = cfg.batch_size // dist.world_size
     optimizer = make_sgd(model, schedule)
     checkpointer = Checkpointer(
         checkpoint_dir, settings_hash=fingerprint({**settings, "arch": arch, "init": str(init), "world": dist.world_size}),
         every=cfg.checkpoint_every, dist=dist,
     )
-    state = checkpointer.load()
-    start, history = 0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["step"], state["history"]
-    workers = max(0, threads // dist.world_size - 1) if threads else 0
-    sampler = InfiniteSampler(len(dataset), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, start=start * per_rank)
-    batches = iter(DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                              collate_fn=collate_detection, persistent_workers=workers > 0,
-                              pin_memory=dist.device.type == "cuda"))
+    start, history = checkpointer.resume(model, optimizer)
+    batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
+                               threads=threads, collate_fn=collate_detection)
     wrapped = dist.wrap(model, find_unused_parameters=True)
 
     def step_losses(batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
@@ -155,7 +143,7 @@ def run_finetune(
         progress = Progress(
             total=schedule.iterations, every=cfg.log_every, images_per_step=cfg.batch_size,
             name=f"finetune {cfg.detector.name} {kind}", history=history,
-            sink=lambda row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"])),
+            sink=run.log_progress,
         )
         print(f"finetune {cfg.detector.name} {kind} from {init_name}: {len(dataset)} images, "
               f"{dataset.num_classes} classes, {dist.world_size} process(es) on {dist.device}, "
@@ -163,8 +151,6 @@ def run_finetune(
         train(
             model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=schedule,
             start_step=start, progress=progress, checkpointer=checkpointer,
-            state_fn=lambda: {"model": unwrap(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
-                              "history": progress.history},
             path_for_step=(lambda step: uniform_path(space, cfg.seed, step)) if fixed is None else None,
             dist=dist,
         )

@@ -15,14 +15,13 @@ from ..data.classification import ClassificationDataset, classification_transfor
 from ..distributed import init_distributed, set_threads
 from ..engine import (
     Checkpointer,
-    InfiniteSampler,
     Progress,
     Schedule,
     fingerprint,
     make_sgd,
     train,
+    training_batches,
     uniform_path,
-    unwrap,
 )
 from ..evaluate import top1_accuracy
 from ..io import read_json, save_checkpoint, write_json_atomic
@@ -55,18 +54,6 @@ class ClassificationSettings:
         d = known_keys(cls, d, "pretrain")
         d["schedule"] = Schedule.from_dict(d["schedule"])
         return cls(**d)
-
-
-def _loader(dataset: torch.utils.data.Dataset, batch: int, sampler: Any, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        drop_last=sampler is not None,
-    )
 
 
 def run_pretrain(
@@ -104,9 +91,6 @@ def run_pretrain(
         model = SinglePathNet(space, fixed, num_classes=len(classes), dropout=cfg.dropout)
     model.to(dist.device)
 
-    if cfg.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world_size} processes")
-    per_rank = cfg.batch_size // dist.world_size
     dataset = ClassificationDataset(
         Path(split["root"]),
         transform=classification_transforms(train=True, image_size=cfg.image_size),
@@ -117,16 +101,9 @@ def run_pretrain(
         checkpoint_dir, settings_hash=fingerprint({**settings, "arch": arch, "world": dist.world_size}),
         every=cfg.checkpoint_every, dist=dist,
     )
-    state = checkpointer.load()
-    start = 0
-    history: list[dict[str, float]] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["step"], state["history"]
-    workers = max(0, threads // dist.world_size - 1) if threads else 0
-    sampler = InfiniteSampler(len(dataset), seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, start=start * per_rank)
-    batches = iter(_loader(dataset, per_rank, sampler, workers, dist.device))
+    start, history = checkpointer.resume(model, optimizer)
+    batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
+                               threads=threads)
     wrapped = dist.wrap(model, find_unused_parameters=fixed is None)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -139,15 +116,13 @@ def run_pretrain(
         progress = Progress(
             total=cfg.schedule.iterations, every=cfg.log_every, images_per_step=cfg.batch_size,
             name=f"pretrain {kind}", history=history,
-            sink=lambda row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"])),
+            sink=run.log_progress,
         )
         print(f"pretrain {kind}: {len(dataset)} images, {len(classes)} classes, {dist.world_size} process(es) "
               f"on {dist.device}, {cfg.schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
         train(
             model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=cfg.schedule,
             start_step=start, progress=progress, checkpointer=checkpointer,
-            state_fn=lambda: {"model": unwrap(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
-                              "history": progress.history},
             path_for_step=(lambda step: uniform_path(space, cfg.seed, step)) if fixed is None else None,
             dist=dist,
         )
@@ -166,7 +141,7 @@ def run_pretrain(
         val_root = val_root or (Path(split["val_root"]) if split.get("val_root") else None)
         if fixed is not None and val_root is not None:
             val = ClassificationDataset(val_root, transform=classification_transforms(train=False, image_size=cfg.image_size))
-            val_loader = _loader(val, cfg.eval_batch_size, None, 0, dist.device)
+            val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, pin_memory=dist.device.type == "cuda")
             metrics["top1"] = top1_accuracy(model, val_loader, dist.device)
             print(f"top-1 on {val_root}: {metrics['top1']:.4f}", flush=True)
             run.log_metrics({"top1": metrics["top1"]}, cfg.schedule.iterations)

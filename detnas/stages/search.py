@@ -167,7 +167,7 @@ def _distributed_score(dist: Dist, scorer: Callable[[Arch], float], log: _ScoreL
     def score(candidates: list[Arch]) -> list[float]:
         todo = [a for a in candidates if str(a) not in log.known]
         dist.broadcast_object([str(a) for a in todo])
-        rows = _score_share(dist, scorer, [a for a in todo], macs)
+        rows = _score_share(dist, scorer, todo, macs)
         for r in rows:
             log.add(r)
             progress(r)

@@ -33,6 +33,11 @@ def _load_part(sources: dict[str, Any], part: str, check_images: bool) -> dict:
     return prepare_detection(ann, [Path(p) for p in entry["images"]], check_images=check_images, drop_degenerate=True)
 
 
+def _count_or_fraction(size: float) -> int | float:
+    # the config's number: 5000 (or 5000.0) is a count, 0.25 a fraction
+    return int(size) if float(size) >= 1 else float(size)
+
+
 def _summary(d: dict) -> dict[str, int]:
     per_cat = Counter(a["category_id"] for a in d["annotations"] if not a.get("iscrowd", 0))
     return {"images": len(d["images"]), "annotations": len(d["annotations"]), "categories": len(per_cat)}
@@ -42,8 +47,6 @@ def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict
     """Validate train/test of a detection dataset and split train; see the module docstring."""
     sources, split = settings["sources"], settings["split"]
     check = settings.get("check_images", True)
-    size = split["size"]
-    size = int(size) if float(size) >= 1 else float(size)
     with StageRun(**mlflow, params=settings) as run:
         train = _load_part(sources, "train", check)
         test = _load_part(sources, "test", check)
@@ -51,7 +54,7 @@ def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict
         overlap = train_ids & {img["file_name"] for img in test["images"]}
         if overlap:
             raise DataError(f"{len(overlap)} test images are also training images, e.g. {sorted(overlap)[:3]}")
-        supernet_train, search_val = split_detection(train, size=size, seed=split["seed"])
+        supernet_train, search_val = split_detection(train, size=_count_or_fraction(split["size"]), seed=split["seed"])
         parts = {"train": train, "supernet_train": supernet_train, "search_val": search_val, "test": test}
         metrics = {name: _summary(d) for name, d in parts.items()}
         for name, d in parts.items():
@@ -66,10 +69,8 @@ def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict
 def run_split_classification(settings: dict[str, Any], *, out: Path, mlflow: dict[str, Any]) -> None:
     """Hold a seeded part of the classification training images out (ClsNAS's fitness)."""
     holdout = settings["holdout"]
-    size = holdout["size"]
-    size = int(size) if float(size) >= 1 else float(size)
     with StageRun(**mlflow, params=settings) as run:
-        split = split_classification(Path(settings["train"]), holdout=size, seed=holdout["seed"])
+        split = split_classification(Path(settings["train"]), holdout=_count_or_fraction(holdout["size"]), seed=holdout["seed"])
         val_classes, val_samples = scan_image_folder(Path(settings["val"]))
         if val_classes != split["classes"]:
             raise DataError(
