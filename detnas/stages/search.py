@@ -29,7 +29,7 @@ from ..distributed import Dist, init_distributed, set_threads
 from ..engine import recalibrate_bn
 from ..evaluate import DetectionImages, evaluate_detector
 from ..flops import cost_table
-from ..io import read_json, write_json_atomic, write_text_atomic
+from ..io import load_checkpoint, read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..search import Candidate, SearchSettings, best, run_search, top
 from ..settings import known_keys
@@ -99,13 +99,13 @@ class ClassificationScorer:
                  device: torch.device) -> None:
         self.model, self.batch_size, self.device = model, batch_size, device
         self.val_x, self.val_y = val
-        self.recal = recal
+        # split once: every candidate recalibrates on the same batches
+        self.recal_batches = [recal[i:i + batch_size].to(device) for i in range(0, len(recal), batch_size)]
         self.last_metrics: dict[str, float] = {}
 
     def __call__(self, arch: Arch) -> float:
         set_path(self.model, arch)
-        chunks = [self.recal[i:i + self.batch_size].to(self.device) for i in range(0, len(self.recal), self.batch_size)]
-        recalibrate_bn(self.model, chunks, self.model)
+        recalibrate_bn(self.model, self.recal_batches, self.model)
         with torch.no_grad():
             correct = sum(
                 int((self.model(self.val_x[i:i + self.batch_size].to(self.device)).argmax(1).cpu()
@@ -126,7 +126,7 @@ def _stack(dataset: ClassificationDataset, limit: int | None, seed: int) -> tupl
 
 
 def _classification_scorer(supernet_file: Path, split_file: Path, s: StageSearchSettings, device: torch.device) -> ClassificationScorer:
-    ckpt = torch.load(supernet_file, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(supernet_file, map_location=device)
     space = get_space(ckpt["space"])
     model = Supernet(space, num_classes=len(ckpt["classes"]), dropout=ckpt.get("dropout", 0.1)).to(device)
     model.load_state_dict(ckpt["state_dict"])
