@@ -23,7 +23,7 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, *, title: str) -> None:
     """Loss terms and learning rate against the step, from ``Progress.history`` rows."""
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     steps = [r["step"] for r in history]
     keys = [k for k in (history[0] if history else {}) if k not in ("step", "lr", "images_per_s")]
     for k in keys:

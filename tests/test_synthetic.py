@@ -102,6 +102,23 @@ def test_classification_images_differ_by_class(tmp_path):
     assert len(pixels) == len(CLS_CLASSES)
 
 
+def test_classification_shapes_take_their_class_hues(tmp_path):
+    # each class's shapes are painted in hues around k / 8 (an ImageNet-like colour cue), while the
+    # detection data keeps uniformly random colours
+    from matplotlib.colors import rgb_to_hsv
+
+    synthesize_classification(tmp_path / "cls", train_per_class=6, val_per_class=1, image_size=48)
+    for k, name in enumerate(CLS_CLASSES):
+        distances = []
+        for path in sorted((tmp_path / "cls/train" / name).glob("*.png")):
+            hsv = rgb_to_hsv(np.asarray(Image.open(path), dtype=np.float64) / 255).reshape(-1, 3)
+            shape = hsv[(hsv[:, 1] > 0.55) & (hsv[:, 2] > 0.6)]  # the vivid shape, not the muted texture
+            angle = np.angle(np.exp(2j * np.pi * shape[:, 0]).mean()) / (2 * np.pi)
+            distances.append(abs((angle - k / len(CLS_CLASSES) + 0.5) % 1.0 - 0.5))
+        near = sum(d < 1 / len(CLS_CLASSES) for d in distances)
+        assert near >= 5 and max(distances) < 0.2, f"{name}: hue distances {distances} from {k}/{len(CLS_CLASSES)}"
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

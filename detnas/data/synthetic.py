@@ -16,7 +16,13 @@ something, so the data is drawn here, deterministically:
   noise) so that "anything non-grey is an object" is not a solution; objects keep a minimum
   colour distance from the background under them and from each other.
 * Classification (ImageFolder layout): one shape of ``CLS_CLASSES`` per image on the same
-  textures, 40-90 % of the image, rotated and jittered: learnable, but not trivially.
+  textures, 40-90 % of the image, rotated and jittered: learnable, but not trivially. Like an
+  ImageNet class, each class also has typical colours (a band of hues, overlapping its neighbours'
+  bands), a cue a network picks up before shape. With shape as the only cue, a supernet trained one
+  random path per step stays near chance for thousands of steps on this data (the four stride-2
+  choices each remap every channel, so the classifier sees a different feature basis on every
+  path), while one fixed path learns within a few hundred: the demo's pre-training would show
+  nothing. Detection images keep uniformly random colours: there, shape is the only cue.
 
 Every image has its own generator, ``np.random.default_rng([seed, task, split, ...index])``,
 so the bytes of a file depend only on the arguments, never on generation order.
@@ -47,6 +53,9 @@ _SMALL_MAX, _LARGE_MIN = 32**2, 96**2  # COCO area thresholds, pixels
 # Target areas (pixels) of sampled objects; they keep a margin from the COCO thresholds because
 # rasterisation and occlusion move the final area a little. Shares give ~40/45/15 % at 128 px.
 _SMALL_AREA, _MEDIUM_AREA, _LARGE_AREA = (100.0, 850.0), (1250.0, 7000.0), (10500.0, math.inf)
+# Classification colours: class k's shapes take hues around k / 8 with this standard deviation, so
+# neighbouring classes overlap and colour alone is not enough (see the module docstring).
+_CLS_HUE_SPREAD = 0.06
 _MEDIUM_SHARE = 0.58  # of the objects that are not large
 _LARGE_IMAGES = 0.4  # share of images with one large object (at most one fits)
 
@@ -162,11 +171,15 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _vivid(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
-    """(3,) RGB of a saturated colour, the best of a few tries at being far from ``avoid``."""
+def _vivid(rng: np.random.Generator, avoid: list[np.ndarray], hue: float | None = None) -> np.ndarray:
+    """(3,) RGB of a saturated colour, the best of a few tries at being far from ``avoid``.
+
+    ``hue`` None: any hue; else hues around ``hue`` (standard deviation ``_CLS_HUE_SPREAD``).
+    """
     best, best_dist = np.zeros(3), -1.0
     for _ in range(12):
-        rgb = 255 * np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.65, 1), rng.uniform(0.75, 1)))
+        h = rng.uniform(0, 1) if hue is None else (hue + rng.normal(0, _CLS_HUE_SPREAD)) % 1.0
+        rgb = 255 * np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.65, 1), rng.uniform(0.75, 1)))
         dist = min((float(np.linalg.norm(rgb - a)) for a in avoid), default=math.inf)
         if dist > best_dist:
             best, best_dist = rgb, dist
@@ -175,9 +188,10 @@ def _vivid(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
     return best
 
 
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, avoid: list[np.ndarray]) -> np.ndarray:
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, avoid: list[np.ndarray],
+           hue: float | None = None) -> np.ndarray:
     """Paint ``mask`` of ``img`` (in place) a vivid colour with a soft linear shading; returns the colour."""
-    color = _vivid(rng, avoid + [img[mask].mean(axis=0)])
+    color = _vivid(rng, avoid + [img[mask].mean(axis=0)], hue)
     size = img.shape[0]
     theta = rng.uniform(0, 2 * np.pi)
     yy, xx = np.nonzero(mask)
@@ -251,11 +265,11 @@ def _detection_image(rng: np.random.Generator, image_size: int, max_objects: int
 
 
 def _classification_image(rng: np.random.Generator, name: str, image_size: int) -> np.ndarray:
-    """(H, W, 3) uint8: one ``name`` shape, 40-90 % of the image, on a texture."""
+    """(H, W, 3) uint8: one ``name`` shape, 40-90 % of the image, on a texture, in its class's hues."""
     size = rng.uniform(0.4, 0.9) * image_size
     shape = _place(rng, name, size, image_size, max_angle=np.pi)
     img = _texture(rng, image_size)
-    _paint(rng, img, _mask(shape, image_size), [])
+    _paint(rng, img, _mask(shape, image_size), [], hue=CLS_CLASSES.index(name) / len(CLS_CLASSES))
     return _finish(rng, img)
 
 
