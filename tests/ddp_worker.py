@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from detnas.distributed import init_distributed
-from detnas.engine import make_sgd, Schedule
+from detnas.engine import Schedule, make_sgd
 from detnas.space import get_space
 from detnas.supernet import Supernet, set_path
 

@@ -13,6 +13,7 @@ from PIL import Image
 from detnas.data.classification import (
     ClassificationDataset,
     classification_transforms,
+    normalize_images,
     scan_image_folder,
     split_classification,
 )
@@ -411,3 +412,15 @@ def test_classification_transforms(tmp_path: Path, train: bool) -> None:
     ds = ClassificationDataset(root, transform=classification_transforms(train=train, image_size=24))
     image, _ = ds[0]
     assert image.dtype == torch.float32 and image.shape == (3, 24, 24)
+
+
+def test_uint8_evaluation_images_normalize_to_the_float_transform(tmp_path: Path) -> None:
+    # ClsNAS keeps its held-out images as uint8 and normalizes each batch: same input as float32
+    root = _folder(tmp_path)
+    as_float = ClassificationDataset(root, transform=classification_transforms(train=False, image_size=24))
+    as_uint8 = ClassificationDataset(root, transform=classification_transforms(train=False, image_size=24, normalize=False))
+    image, _ = as_uint8[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 24, 24)
+    torch.testing.assert_close(normalize_images(image[None])[0], as_float[0][0])
+    with pytest.raises(ValueError, match="training transforms always normalize"):
+        classification_transforms(train=True, image_size=24, normalize=False)

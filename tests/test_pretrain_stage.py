@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import ROOT, as_json, run_detnas
 
 SETTINGS = {

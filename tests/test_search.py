@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import as_json, run_detnas
+
 from detnas.flops import cost_table
 from detnas.search import SearchSettings, best, run_search
 from detnas.space import Arch, get_space

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import UnidentifiedImageError
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 from torchvision.transforms import v2
@@ -25,6 +26,7 @@ __all__ = [
     "IMAGENET_STD",
     "ClassificationDataset",
     "classification_transforms",
+    "normalize_images",
     "scan_image_folder",
     "split_classification",
 ]
@@ -116,13 +118,20 @@ class ClassificationDataset(Dataset):
         return image, target
 
 
-def classification_transforms(*, train: bool, image_size: int) -> v2.Compose:
+def classification_transforms(*, train: bool, image_size: int, normalize: bool = True) -> v2.Compose:
     """ImageNet-style augmentation; output float32 (3, image_size, image_size), normalized.
 
     Below 64 px (the demo's synthetic stand-in) the random crop keeps at least half of the image and
-    colours are not jittered: the default 8% crop would leave a handful of pixels, and the synthetic
-    images already draw random colours; short demo schedules learn far less with both.
+    colours are not jittered: the default 8% crop would leave a handful of pixels, and jitter would
+    blur the synthetic classes' hue bands; short demo schedules learn far less with both.
+
+    ``normalize`` False (evaluation only): uint8 (3, image_size, image_size), a quarter of the memory
+    of float32 for images kept in memory; ``normalize_images`` finishes them batch by batch.
     """
+    if not normalize:
+        if train:
+            raise ValueError("training transforms always normalize")
+        return v2.Compose([v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size), v2.ToImage()])
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if train:
         if image_size < 64:
@@ -135,3 +144,10 @@ def classification_transforms(*, train: bool, image_size: int) -> v2.Compose:
             ]
         return v2.Compose([*augment, *to_tensor])
     return v2.Compose([v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size), *to_tensor])
+
+
+def normalize_images(x: Tensor) -> Tensor:
+    """uint8 images (B, 3, H, W) -> float32, normalized as ``classification_transforms`` does."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
