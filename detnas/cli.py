@@ -86,6 +86,14 @@ def _stage_args(p: argparse.ArgumentParser, *, settings: bool = True, mlflow: bo
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
+def _training_outputs(p: argparse.ArgumentParser) -> None:
+    """What a training stage (pretrain, finetune) writes: weights, metrics.json, curves, checkpoints."""
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--curves", type=Path, required=True)
+    p.add_argument("--checkpoint-dir", type=Path, required=True)
+
+
 def _arch_arg(p: argparse.ArgumentParser, what: str) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--arch", help=f"{what} this architecture as a standalone network instead of the supernet")
@@ -163,10 +171,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=Path, required=True, help="split.json of the classification data")
     _arch_arg(p, "train")
     p.add_argument("--val", type=Path, help="ImageFolder root for the final top-1 (default: the split's val root)")
-    p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True)
-    p.add_argument("--curves", type=Path, required=True)
-    p.add_argument("--checkpoint-dir", type=Path, required=True)
+    _training_outputs(p)
     _stage_args(p, compute=True)
     p.set_defaults(func=_pretrain)
 
@@ -187,10 +192,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", type=Path, required=True, help="training annotations (internal COCO-style JSON)")
     p.add_argument("--init", type=Path, help="classification checkpoint to start from (default: from scratch)")
     _arch_arg(p, "fine-tune")
-    p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True)
-    p.add_argument("--curves", type=Path, required=True)
-    p.add_argument("--checkpoint-dir", type=Path, required=True)
+    _training_outputs(p)
     _stage_args(p, compute=True)
     p.set_defaults(func=_finetune)
 

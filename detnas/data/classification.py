@@ -128,10 +128,11 @@ def classification_transforms(*, train: bool, image_size: int, normalize: bool =
     ``normalize`` False (evaluation only): uint8 (3, image_size, image_size), a quarter of the memory
     of float32 for images kept in memory; ``normalize_images`` finishes them batch by batch.
     """
+    if train and not normalize:
+        raise ValueError("training transforms always normalize")
+    center = [v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
     if not normalize:
-        if train:
-            raise ValueError("training transforms always normalize")
-        return v2.Compose([v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size), v2.ToImage()])
+        return v2.Compose([*center, v2.ToImage()])
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if train:
         if image_size < 64:
@@ -143,7 +144,7 @@ def classification_transforms(*, train: bool, image_size: int, normalize: bool =
                 v2.ColorJitter(0.4, 0.4, 0.4),
             ]
         return v2.Compose([*augment, *to_tensor])
-    return v2.Compose([v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size), *to_tensor])
+    return v2.Compose([*center, *to_tensor])
 
 
 def normalize_images(x: Tensor) -> Tensor:
