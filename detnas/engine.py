@@ -1,16 +1,13 @@
-"""Training: schedules, SGD without decay on BN/bias, an infinite resumable sampler, checkpoints,
-progress, and the one training loop every stage uses (classification and detection, supernet and
-standalone)."""
+"""Training: schedules, SGD without decay on BN/bias, an infinite resumable sampler, progress, and
+the one training loop every stage uses (classification and detection, supernet and standalone).
+Checkpoints and their resume keys live in ``checkpoint.py``."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import signal
 import time
 import zlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -18,19 +15,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .checkpoint import Checkpointer
 from .distributed import Dist
-from .io import load_checkpoint, save_checkpoint
 from .settings import known_keys
 from .space import Arch, SearchSpace
 from .supernet import inactive_modules, set_path
 
 __all__ = [
-    "Checkpointer",
     "InfiniteSampler",
     "Preempted",
     "Progress",
     "Schedule",
-    "fingerprint",
     "make_sgd",
     "path_batchnorms",
     "recalibrate_bn",
@@ -173,62 +168,6 @@ def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:
     so every rank draws the same path without communicating and a resumed run replays the same
     paths."""
     return space.sample(np.random.default_rng([seed, step]))
-
-
-def fingerprint(settings: Any) -> str:
-    """A short hash of a stage's settings; a checkpoint of other settings is not resumed."""
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-class Checkpointer:
-    """``last.pt`` in ``directory``, written atomically by rank 0 every ``every`` steps."""
-
-    def __init__(self, directory: str | Path, *, settings_hash: str, every: int, dist: Dist) -> None:
-        self.path = Path(directory) / "last.pt"
-        self.settings_hash = settings_hash
-        self.every = max(1, every)
-        self.dist = dist
-
-    def load(self) -> dict[str, Any] | None:
-        """The last checkpoint of a run with the same settings, or None (fresh start)."""
-        if not self.path.is_file():
-            return None
-        state = load_checkpoint(self.path)
-        if state.get("settings_hash") != self.settings_hash:
-            print(f"checkpoint {self.path} belongs to other settings; starting afresh", flush=True)
-            return None
-        print(f"resuming from {self.path} at step {state['step']}", flush=True)
-        return state
-
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
-        """Load the last checkpoint (if any, of the same settings) into ``model`` and ``optimizer``;
-        return the steps done and the progress history so far ((0, []) for a fresh start)."""
-        state = self.load()
-        if state is None:
-            return 0, []
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return state["step"], state["history"]
-
-    def maybe_save(self, step: int, total: int, state_fn: Callable[[], dict[str, Any]]) -> None:
-        """After completing ``step`` steps: save every ``every`` steps (not at the very end)."""
-        if step % self.every or step >= total:
-            return
-        self.save(step, state_fn)
-
-    def save(self, step: int, state_fn: Callable[[], dict[str, Any]]) -> None:
-        """Save now: ``step`` steps are complete."""
-        if self.dist.is_main:
-            state = state_fn()
-            state["step"] = step
-            state["settings_hash"] = self.settings_hash
-            save_checkpoint(state, self.path)
-        self.dist.barrier()
-
-    def remove(self) -> None:
-        if self.dist.is_main:
-            self.path.unlink(missing_ok=True)
 
 
 @dataclass

@@ -3,6 +3,12 @@
 ``results/`` is the source of truth and MLflow is the view: every call here catches its own
 failures, warns once, and carries on, so a tracking problem never loses or blocks a computed result.
 
+One job, one run, across retries: a job's run carries a ``job_key`` tag (its MLflow experiment, stage,
+wildcards and results folder). A resumed job passes the run id its checkpoint remembers and continues
+that run (metrics already logged at a step are not logged again); runs of the same job left RUNNING
+by a killed attempt are ended KILLED when the next attempt starts. A failing job tags its run with
+the error and attaches the tail of its output.
+
 The default store is a SQLite file, ``results/mlflow.db``; ``MLFLOW_TRACKING_URI`` in the
 environment (a team's tracking server) overrides it. SQLite allows one writer at a time, so writes
 from the jobs of one machine are serialised with a file lock next to the database, and retried.
@@ -10,13 +16,17 @@ from the jobs of one machine are serialised with a file lock next to the databas
 
 from __future__ import annotations
 
+import collections
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import socket
 import subprocess
+import sys
 import time
+import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +39,9 @@ T = TypeVar("T")
 _PARAM_MAX = 6000  # MLflow's limit on a param value's length
 _METRIC_FLUSH_ROWS = 100
 _METRIC_FLUSH_SECONDS = 15.0
+_TAIL_LINES = 200  # of the job's output, attached to a failed run
+_DIED = ("the job ended without reporting back (SIGKILL, out of memory, node failure or a killed Snakemake); "
+         "a later attempt of the same job started")
 
 
 def default_tracking_uri(results_dir: str | Path = "results") -> str:
@@ -72,12 +85,39 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+class _Tee:
+    """Passes writes through to ``stream`` and keeps the last ``_TAIL_LINES`` lines."""
+
+    def __init__(self, stream: Any, lines: collections.deque[str]) -> None:
+        self.stream, self.lines = stream, lines
+
+    def write(self, text: str) -> int:
+        self.lines.extend(text.splitlines(keepends=True))
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding...
+        return getattr(self.stream, name)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:_PARAM_MAX]
+
+
+def job_key(experiment: str, tags: dict[str, str], results_dir: str | Path) -> str:
+    """Names one job across its attempts: the same MLflow experiment, stage, wildcards (or run name)
+    and results folder."""
+    ident = [experiment, tags.get("stage", ""), tags.get("wildcards", ""), str(Path(results_dir).resolve())]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+
+
 class StageRun:
     """An MLflow run for one stage job, used as a context manager.
 
     ``experiment``: the MLflow experiment (one per pipeline experiment); ``tags``: stage, method,
     experiment, detector, dataset, space, arch, wildcards...; ``params``: the stage's resolved
     settings (nested dicts are flattened). ``enabled=False`` (DDP ranks other than 0) does nothing.
+    ``resume_run_id``: the run a checkpoint of this job remembers; it is continued if it exists.
     """
 
     def __init__(
@@ -90,6 +130,7 @@ class StageRun:
         enabled: bool = True,
         tracking_uri: str | None = None,
         results_dir: str | Path = "results",
+        resume_run_id: str | None = None,
     ) -> None:
         self.experiment = experiment
         self.run_name = run_name
@@ -98,7 +139,12 @@ class StageRun:
         self.enabled = enabled
         self.results_dir = Path(results_dir)
         self.uri = tracking_uri or default_tracking_uri(results_dir)
+        self.resume_run_id = resume_run_id
         self.run_id: str | None = None
+        self.resumed = False
+        self._logged: dict[str, float] = {}  # metric -> last step already in the resumed run
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._streams: tuple[Any, Any] | None = None
         self._client: Any = None
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
@@ -159,29 +205,27 @@ class StageRun:
 
         def start() -> str:
             client = MlflowClient(tracking_uri=self.uri)
-            exp = client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                location = None
-                if _sqlite_path(self.uri) is not None:
-                    location = (self.results_dir.resolve() / "mlflow-artifacts" / self.experiment).as_uri()
-                try:
-                    # the MLflow 3 UI then opens these experiments on their runs ("Model training")
-                    exp_id = client.create_experiment(self.experiment, artifact_location=location,
-                                                      tags={"mlflow.experimentKind": "custom_model_development"})
-                except Exception:  # created meanwhile by another job (tracking server)
-                    exp = client.get_experiment_by_name(self.experiment)
-                    if exp is None:
-                        raise
-                    exp_id = exp.experiment_id
-            else:
-                exp_id = exp.experiment_id
-            tags = {"git_commit": git_commit(), "host": socket.gethostname(), **self.tags}
-            run = client.create_run(exp_id, tags=tags, run_name=self.run_name)
             self._client = client
-            return run.info.run_id
+            exp_id = self._experiment_id(client)
+            tags = {"git_commit": git_commit(), "host": socket.gethostname(),
+                    "job_key": job_key(self.experiment, self.tags, self.results_dir), **self.tags}
+            run_id = self._reopen(client, exp_id, tags) if self.resume_run_id else None
+            running = client.search_runs([exp_id], f"tags.job_key = '{tags['job_key']}' and attributes.status = 'RUNNING'")
+            for orphan in running:
+                if orphan.info.run_id != run_id:
+                    client.set_tag(orphan.info.run_id, "error", _DIED)
+                    client.set_terminated(orphan.info.run_id, "KILLED")
+            if run_id is None:
+                run_id = client.create_run(exp_id, tags=tags, run_name=self.run_name).info.run_id
+            return run_id
 
         self.run_id = self._call("start run", start)
-        if self.run_id is not None and self.params:
+        if self.run_id is not None:
+            print(f"MLflow: {'continuing' if self.resumed else 'started'} run {self.run_id} in experiment "
+                  f"{self.experiment!r} ({self.uri})", flush=True)
+            self._streams = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = _Tee(sys.stdout, self._tail), _Tee(sys.stderr, self._tail)
+        if self.run_id is not None and self.params and not self.resumed:
             from mlflow.entities import Param
 
             params = [Param(k, v) for k, v in self.params.items()]
@@ -189,14 +233,53 @@ class StageRun:
                 self._call("log params", lambda chunk=params[i:i + 100]: self._client.log_batch(self.run_id, params=chunk))
         return self
 
+    def _experiment_id(self, client: Any) -> str:
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if _sqlite_path(self.uri) is not None:
+            location = (self.results_dir.resolve() / "mlflow-artifacts" / self.experiment).as_uri()
+        try:
+            # the MLflow 3 UI then opens these experiments on their runs ("Model training")
+            return client.create_experiment(self.experiment, artifact_location=location,
+                                            tags={"mlflow.experimentKind": "custom_model_development"})
+        except Exception:  # created meanwhile by another job (tracking server)
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _reopen(self, client: Any, exp_id: str, tags: dict[str, str]) -> str | None:
+        """Continue the run ``resume_run_id`` (None if it is gone or elsewhere): RUNNING again, the
+        previous attempt's error tag removed, and the last logged step of each metric noted."""
+        from mlflow.entities import RunTag
+
+        try:
+            run = client.get_run(self.resume_run_id)
+        except Exception:  # deleted, or another store
+            return None
+        if run.info.experiment_id != exp_id or run.info.lifecycle_stage != "active":
+            return None
+        client.update_run(run.info.run_id, status="RUNNING")
+        if "error" in run.data.tags:
+            client.delete_tag(run.info.run_id, "error")
+        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        for key in run.data.metrics:
+            self._logged[key] = max(m.step for m in client.get_metric_history(run.info.run_id, key))
+        self.resumed = True
+        return run.info.run_id
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffered; written every ~100 values or 15 s, and at the end."""
+        """Buffered; written every ~100 values or 15 s, and at the end. In a resumed run, a metric
+        already logged at ``step`` or later by an earlier attempt is skipped (no duplicate steps)."""
         if not self.enabled or self.run_id is None:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        self._pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                          if int(step) > self._logged.get(k, float("-inf"))]
         if len(self._pending) >= _METRIC_FLUSH_ROWS or time.monotonic() - self._last_flush > _METRIC_FLUSH_SECONDS:
             self.flush()
 
@@ -228,8 +311,20 @@ class StageRun:
                 self._call(f"log artifact {p}", lambda p=p: self._client.log_artifact(self.run_id, str(p)))
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._streams is not None:
+            sys.stdout, sys.stderr = self._streams
+            self._streams = None
         if self.run_id is None:
             return
         self.flush()
-        status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # SIGTERM (preemption, scancel), Ctrl-C
+            status = "KILLED"
+            self.set_tags({"error": f"stopped ({_one_line(exc) if exc else exc_type.__name__}); a rerun resumes"})
+        else:
+            status = "FAILED"
+            self.set_tags({"error": _one_line(exc) if exc else exc_type.__name__})
+            tail = "".join(self._tail) + "\n" + "".join(traceback.format_exception(exc_type, exc, tb))
+            self._call("log the output tail", lambda: self._client.log_text(self.run_id, tail, "log_tail.txt"))
         self._call("end run", lambda: self._client.set_terminated(self.run_id, status))

@@ -87,6 +87,16 @@ def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
     steps = [r["step"] for r in metrics["history"]]
     assert steps[-1] == 150 and steps == sorted(set(steps))  # same step count, no step logged twice
 
+    # one MLflow run for the job across both attempts, its curve whole: every 5th step once
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain-test").experiment_id])
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert f"MLflow: continuing run {run.info.run_id}" in second.stdout
+    for key in ("loss", "lr"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(5, 151, 5)), key
+
 
 def test_sigterm_checkpoints_then_resumes(cls_split, tmp_path):
     settings = {**SETTINGS, "checkpoint_every": 100000, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
@@ -112,7 +122,42 @@ def test_changed_settings_do_not_resume_a_foreign_checkpoint(cls_split, tmp_path
         proc.wait()
     other = {**SETTINGS, "seed": 1}
     out = run_detnas(*pretrain_args(cls_split, tmp_path, other)).stdout
-    assert "belongs to other settings; starting afresh" in out and "resuming" not in out
+    assert "is stale: the stage's settings differ; deleted it, starting from step 0" in out and "resuming" not in out
+    assert "step 5/30" in out  # from the first step
+
+
+def test_changed_input_content_at_the_same_path_does_not_resume(cls_split, tmp_path):
+    """The split file is rewritten in place (e.g. an upstream rerun): its checkpoint is stale."""
+    split = tmp_path / "split.json"
+    split.write_text(cls_split.read_text())
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
+    args = pretrain_args(split, tmp_path, settings)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = _start(args, log)
+        _wait_for((tmp_path / "checkpoints" / "last.pt").exists)
+        proc.kill()
+        proc.wait()
+    data = json.loads(split.read_text())
+    data["holdout"] = data["holdout"][1:]  # one more training image
+    split.write_text(json.dumps(data))
+    out = run_detnas(*args).stdout
+    assert "is stale: input content differs: split; deleted it, starting from step 0" in out
+    assert "resuming" not in out and "step 5/150" in out
+
+
+def test_failed_job_leaves_a_failed_run_with_the_error(cls_split, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    bad = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "lr": 1e30}}  # diverges at once
+    proc = run_detnas(*pretrain_args(cls_split, tmp_path, bad), check=False)
+    assert proc.returncode != 0
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain-test").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("FloatingPointError: loss is")
+    tail = Path(client.download_artifacts(run.info.run_id, "log_tail.txt", str(tmp_path)))
+    text = tail.read_text()
+    assert "pretrain supernet: " in text and "Traceback" in text and "FloatingPointError" in text
 
 
 def test_torchrun_two_processes_train_one_path_per_step(cls_split, tmp_path):

@@ -1,4 +1,5 @@
 import multiprocessing as mp
+import sys
 import warnings
 
 import pytest
@@ -67,3 +68,47 @@ def test_failed_stage_marks_run_failed(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x", "e": "{}"}
+
+
+def test_a_resumed_job_continues_its_run_and_ends_orphans(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    job = dict(experiment="x", run_name="train", tags={"stage": "pretrain", "wildcards": '{"pretrain": "a"}'},
+               tracking_uri=uri, results_dir=tmp_path)
+    # attempt 1 dies without reaching __exit__ (SIGKILL): its run stays RUNNING
+    first = StageRun(**job).__enter__()
+    for step in (1, 2, 3):
+        first.log_metrics({"loss": 1.0 / step}, step)
+    first.flush()
+    sys.stdout, sys.stderr = first._streams  # the dead process's output capture goes with it
+    # attempt 2 has no checkpoint: it ends the orphan KILLED and opens a new run
+    with StageRun(**job) as second:
+        second.log_metrics({"loss": 0.5}, 1)
+    client = MlflowClient(uri)
+    orphan = client.get_run(first.run_id)
+    assert orphan.info.status == "KILLED" and "without reporting back" in orphan.data.tags["error"]
+    # attempt 3 resumes attempt 2's run from a checkpoint at step 1: steps logged before are not repeated
+    with StageRun(**job, resume_run_id=second.run_id) as third:
+        assert third.run_id == second.run_id and third.resumed
+        for step in (1, 2, 3):
+            third.log_metrics({"loss": 0.1 * step}, step)
+    run = client.get_run(second.run_id)
+    assert run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(1, 0.5), (2, 0.2), (3, 0.1 * 3)]
+    exp = client.get_experiment_by_name("x")
+    assert len(client.search_runs([exp.experiment_id])) == 2
+
+
+def test_other_jobs_runs_are_left_alone(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    running = StageRun(experiment="x", run_name="a", tags={"stage": "s", "wildcards": "1"}, tracking_uri=uri,
+                       results_dir=tmp_path).__enter__()
+    with StageRun(experiment="x", run_name="b", tags={"stage": "s", "wildcards": "2"}, tracking_uri=uri,
+                  results_dir=tmp_path):
+        pass
+    assert MlflowClient(uri).get_run(running.run_id).info.status == "RUNNING"
+    running.__exit__(None, None, None)
+    assert MlflowClient(uri).get_run(running.run_id).info.status == "FINISHED"

@@ -14,11 +14,10 @@ from torch import nn
 from ..data.coco import DetectionDataset, collate_detection
 from ..detectors import DetectorSettings, build_detector
 from ..distributed import init_distributed, set_threads
+from ..checkpoint import Checkpointer
 from ..engine import (
-    Checkpointer,
     Progress,
     Schedule,
-    fingerprint,
     make_sgd,
     train,
     training_batches,
@@ -122,8 +121,8 @@ def run_finetune(
 
     optimizer = make_sgd(model, schedule)
     checkpointer = Checkpointer(
-        checkpoint_dir, settings_hash=fingerprint({**settings, "arch": arch, "init": str(init), "world": dist.world_size}),
-        every=cfg.checkpoint_every, dist=dist,
+        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size},
+        inputs={"train": train_file, "init": init}, every=cfg.checkpoint_every, dist=dist,
     )
     start, history = checkpointer.resume(model, optimizer)
     batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
@@ -139,7 +138,10 @@ def run_finetune(
     kind = "supernet" if fixed is None else f"network {fixed}"
     init_name = "scratch" if init is None else str(init)
     with StageRun(**mlflow, params={**settings, "arch": arch, "init": init_name, "world_size": dist.world_size},
-                  enabled=dist.is_main) as run:
+                  enabled=dist.is_main, resume_run_id=checkpointer.mlflow_run_id) as run:
+        checkpointer.mlflow_run_id = run.run_id
+        for row in history:  # rows a killed attempt logged are skipped; the ones it had not sent are filled in
+            run.log_progress(row)
         progress = Progress(
             total=schedule.iterations, every=cfg.log_every, images_per_step=cfg.batch_size,
             name=f"finetune {cfg.detector.name} {kind}", history=history,

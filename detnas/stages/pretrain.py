@@ -13,11 +13,10 @@ from torch.utils.data import DataLoader
 
 from ..data.classification import ClassificationDataset, classification_transforms
 from ..distributed import init_distributed, set_threads
+from ..checkpoint import Checkpointer
 from ..engine import (
-    Checkpointer,
     Progress,
     Schedule,
-    fingerprint,
     make_sgd,
     train,
     training_batches,
@@ -98,8 +97,8 @@ def run_pretrain(
     )
     optimizer = make_sgd(model, cfg.schedule)
     checkpointer = Checkpointer(
-        checkpoint_dir, settings_hash=fingerprint({**settings, "arch": arch, "world": dist.world_size}),
-        every=cfg.checkpoint_every, dist=dist,
+        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size},
+        inputs={"split": split_file}, every=cfg.checkpoint_every, dist=dist,
     )
     start, history = checkpointer.resume(model, optimizer)
     batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
@@ -112,7 +111,11 @@ def run_pretrain(
         return {"loss": criterion(wrapped(x), y)}
 
     kind = "supernet" if fixed is None else f"network {fixed}"
-    with StageRun(**mlflow, params={**settings, "arch": arch, "world_size": dist.world_size}, enabled=dist.is_main) as run:
+    with StageRun(**mlflow, params={**settings, "arch": arch, "world_size": dist.world_size}, enabled=dist.is_main,
+                  resume_run_id=checkpointer.mlflow_run_id) as run:
+        checkpointer.mlflow_run_id = run.run_id
+        for row in history:  # rows a killed attempt logged are skipped; the ones it had not sent are filled in
+            run.log_progress(row)
         progress = Progress(
             total=cfg.schedule.iterations, every=cfg.log_every, images_per_step=cfg.batch_size,
             name=f"pretrain {kind}", history=history,

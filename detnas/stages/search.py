@@ -6,7 +6,8 @@ Cost: the images a candidate is scored on (search-validation and recalibration i
 and preprocessed once per job. Under torchrun, rank 0 runs the EA and each generation is scored in
 parallel: rank r scores candidates r, r + w, ...; results are gathered on rank 0. Every score is
 appended to ``scores.jsonl`` in the checkpoint folder as soon as it is known and the EA state is
-saved after every generation, so a killed search resumes without re-scoring anything.
+saved after every generation, so a killed search resumes without re-scoring anything; that state is
+kept only while the settings and the content of the supernet and annotation files are the same.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from ..data.classification import ClassificationDataset, classification_transforms, normalize_images
 from ..distributed import Dist, init_distributed, set_threads
+from ..checkpoint import resume_key, stale_reason
 from ..engine import recalibrate_bn
 from ..evaluate import DetectionImages, evaluate_detector
 from ..flops import cost_table
@@ -243,7 +245,8 @@ def run_search_stage(
         return
 
     try:
-        _lead(s, settings, space, scorer, dist, supernet=supernet, checkpoint_dir=checkpoint_dir, mlflow=mlflow,
+        _lead(s, settings, space, scorer, dist, inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
+              checkpoint_dir=checkpoint_dir, mlflow=mlflow,
               arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
     finally:
         dist.broadcast_object(None)  # release the workers, also when rank 0 failed
@@ -257,7 +260,7 @@ def _lead(
     scorer: Callable[[Arch], float],
     dist: Dist,
     *,
-    supernet: Path,
+    inputs: dict[str, Path | None],
     checkpoint_dir: Path,
     mlflow: dict[str, Any],
     arch_out: Path,
@@ -273,16 +276,22 @@ def _lead(
     def feasible(arch: Arch) -> bool:
         return lo <= table.backbone_macs(arch) <= hi
 
-    # a checkpoint folder of other settings is wiped: its scores would not be comparable
-    marker = checkpoint_dir / "settings.json"
-    stamp = {"settings": settings, "space": space.name, "supernet": str(supernet)}
-    if marker.is_file() and read_json(marker) != stamp:
-        print(f"search checkpoints in {checkpoint_dir} belong to other settings; starting afresh", flush=True)
-        for name in ("state.json", "scores.jsonl"):
-            (checkpoint_dir / name).unlink(missing_ok=True)
-    write_json_atomic(stamp, marker)
-    log = _ScoreLog(checkpoint_dir / "scores.jsonl")
+    # scores are valid only for the exact supernet and images that produced them: a folder of other
+    # settings or other input content is wiped, so every candidate is scored anew
+    marker = checkpoint_dir / "resume.json"
+    key = resume_key({"settings": settings, "space": space.name}, inputs)
+    saved = read_json(marker) if marker.is_file() else {}
     state_file = checkpoint_dir / "state.json"
+    scores_file = checkpoint_dir / "scores.jsonl"
+    reason = stale_reason(saved.get("resume_key"), key)
+    if reason is not None:
+        if state_file.exists() or scores_file.exists():
+            print(f"search state in {checkpoint_dir} is stale: {reason}; deleted it, every candidate is scored anew",
+                  flush=True)
+        for f in (state_file, scores_file):
+            f.unlink(missing_ok=True)
+        saved = {}
+    log = _ScoreLog(scores_file)
     state = read_json(state_file) if state_file.is_file() else None
     if state is not None or log.known:
         gen = state["generation"] if state else 0
@@ -292,7 +301,12 @@ def _lead(
           f"[{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M, {dist.world_size} process(es); "
           f"images prepared in {prep_seconds:.1f} s", flush=True)
 
-    with StageRun(**mlflow, params={**settings, "world_size": dist.world_size}) as run:
+    with StageRun(**mlflow, params={**settings, "world_size": dist.world_size},
+                  resume_run_id=saved.get("mlflow_run_id")) as run:
+        write_json_atomic({"resume_key": key, "mlflow_run_id": run.run_id}, marker)
+        for gen in range(1, state["generation"] + 1 if state else 1):  # what a killed attempt had not sent
+            done = [Candidate(**c) for c in state["history"] if c["generation"] < gen]
+            run.log_metrics(_generation_metrics(done, s.population), gen)
         counter = {"n": len(log.known)}
 
         def progress(row: dict[str, Any]) -> None:
@@ -304,8 +318,7 @@ def _lead(
             write_json_atomic(st, state_file)
             hist = [Candidate(**c) for c in st["history"]]
             gen = st["generation"]
-            run.log_metrics({"best_fitness": best(hist).fitness,
-                             "top_k_mean": float(np.mean([c.fitness for c in top(hist, s.population)]))}, gen)
+            run.log_metrics(_generation_metrics(hist, s.population), gen)
             print(f"generation {gen}/{s.generations}: {len(hist)} scored, best {best(hist).arch} "
                   f"{best(hist).fitness:.4f}", flush=True)
 
@@ -339,6 +352,12 @@ def _lead(
         run.log_metrics({"chosen_fitness": chosen.fitness, "chosen_mflops": result["mflops"]}, len(history))
         run.log_artifacts(arch_out, history_out, curve_out)
         print(f"chosen: {chosen.arch} fitness {chosen.fitness:.4f}, {result['mflops']:.1f} MFLOPs", flush=True)
+
+
+def _generation_metrics(history: list[Candidate], population: int) -> dict[str, float]:
+    """The search curve's point after a generation: best fitness so far, mean of the top ``population``."""
+    return {"best_fitness": best(history).fitness,
+            "top_k_mean": float(np.mean([c.fitness for c in top(history, population)]))}
 
 
 def _write_history(rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,0 +1,126 @@
+"""Resumable training state, valid only for the exact inputs that made it.
+
+A checkpoint is resumed only when its *resume key* equals the running job's: a hash of the stage's
+settings plus a content digest of every input file (initial weights, annotation files, split files).
+Paths are not enough: a rerun after an upstream change writes a new supernet at the same path, and
+resuming the old state would silently reuse numbers computed from the old one. A checkpoint of other
+inputs is discarded, and the log says which input differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from .distributed import Dist
+from .io import load_checkpoint, save_checkpoint
+
+__all__ = ["Checkpointer", "file_digest", "fingerprint", "resume_key", "stale_reason"]
+
+_CHUNK = 1 << 22  # 4 MiB reads: sha256 runs at ~1.4 GB/s on one core here, a 1 GB supernet in < 1 s
+
+
+def fingerprint(settings: Any) -> str:
+    """A short hash of a stage's settings (JSON, sorted keys)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes (hex, 16 characters). Every byte is read: an input replaced at the
+    same path with the same size and time stamp is still told apart, at ~1 s per GB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resume_key(settings: Any, inputs: Mapping[str, str | os.PathLike[str] | None]) -> dict[str, Any]:
+    """What a resumable state is valid for: the settings' hash and each input file's digest
+    (``None`` for an absent optional input, e.g. no initial weights)."""
+    return {
+        "settings": fingerprint(settings),
+        "inputs": {name: None if p is None else file_digest(p) for name, p in sorted(inputs.items())},
+    }
+
+
+def stale_reason(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str | None:
+    """Why state saved under key ``saved`` is not valid for ``current`` (None: it is valid)."""
+    if not saved:
+        return "it carries no resume key (written by an older version)"
+    if saved.get("settings") != current["settings"]:
+        return "the stage's settings differ"
+    old, new = saved.get("inputs", {}), current["inputs"]
+    changed = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+    if changed:
+        return f"input content differs: {', '.join(changed)}"
+    return None
+
+
+class Checkpointer:
+    """``last.pt`` in ``directory``, written atomically by rank 0 every ``every`` steps.
+
+    ``settings`` and ``inputs`` (name -> file) form the resume key (``resume_key``); a checkpoint of
+    another key is deleted on ``load``. ``mlflow_run_id`` travels with the checkpoint, so a resumed
+    job continues its MLflow run instead of opening a second one.
+    """
+
+    def __init__(self, directory: str | Path, *, settings: Any, inputs: Mapping[str, str | os.PathLike[str] | None],
+                 every: int, dist: Dist) -> None:
+        self.path = Path(directory) / "last.pt"
+        # rank 0 reads the inputs once; every rank gets the same key
+        self.key = dist.broadcast_object(resume_key(settings, inputs) if dist.is_main else None)
+        self.every = max(1, every)
+        self.dist = dist
+        self.mlflow_run_id: str | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        """The last checkpoint if it was made from the same settings and inputs, else None (a stale
+        one is deleted, and the log says why)."""
+        if not self.path.is_file():
+            return None
+        state = load_checkpoint(self.path)
+        reason = stale_reason(state.get("resume_key"), self.key)
+        if reason is not None:
+            print(f"checkpoint {self.path} (step {state.get('step')}) is stale: {reason}; deleted it, "
+                  f"starting from step 0", flush=True)
+            self.dist.barrier()  # every rank has read it before rank 0 deletes it
+            self.remove()
+            return None
+        print(f"resuming from {self.path} at step {state['step']}", flush=True)
+        self.mlflow_run_id = state.get("mlflow_run_id")
+        return state
+
+    def resume(self, model: nn.Module, optimizer: Any) -> tuple[int, list[dict[str, float]]]:
+        """Load the last valid checkpoint (if any) into ``model`` and ``optimizer``; return the steps
+        done and the progress history so far ((0, []) for a fresh start)."""
+        state = self.load()
+        if state is None:
+            return 0, []
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return state["step"], state["history"]
+
+    def maybe_save(self, step: int, total: int, state_fn: Callable[[], dict[str, Any]]) -> None:
+        """After completing ``step`` steps: save every ``every`` steps (not at the very end)."""
+        if step % self.every or step >= total:
+            return
+        self.save(step, state_fn)
+
+    def save(self, step: int, state_fn: Callable[[], dict[str, Any]]) -> None:
+        """Save now: ``step`` steps are complete."""
+        if self.dist.is_main:
+            state = state_fn()
+            state.update(step=step, resume_key=self.key, mlflow_run_id=self.mlflow_run_id)
+            save_checkpoint(state, self.path)
+        self.dist.barrier()
+
+    def remove(self) -> None:
+        if self.dist.is_main:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,65 @@
+"""Reruns through the real Snakemake DAG: resumable state is used only for the inputs that made it."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from workflow import edit_config, make_workdir, planned, snakemake
+
+SEARCH = "results/shapes_fpn/detnas/search/history.csv"
+CKPT = "results/shapes_fpn/detnas/search/checkpoints"
+
+
+def _scores(wd):
+    with open(wd / SEARCH) as f:
+        return {r["arch"]: float(r["fitness"]) for r in csv.DictReader(f)}
+
+
+def _log(wd):
+    return (wd / "results/logs/search/shapes_fpn_detnas.log").read_text()
+
+
+@pytest.mark.slow
+def test_search_state_is_not_reused_for_another_supernet(tmp_path):
+    wd = make_workdir(tmp_path)
+    snakemake(wd, "--cores", "2", SEARCH)
+    first = _scores(wd)
+    assert (wd / CKPT / "scores.jsonl").is_file()  # kept: a later rerun with the same inputs may resume
+
+    # a fine-tuning setting changes: the supernet is retrained, and the search scores everything anew
+    edit_config(wd, "schedule: {iterations: 6, lr: 0.01", "schedule: {iterations: 7, lr: 0.01")
+    assert planned(wd, SEARCH) == {"finetune_supernet": 1, "search": 1}
+    snakemake(wd, "--cores", "2", SEARCH)
+    log = _log(wd)
+    assert "is stale: input content differs: supernet; deleted it, every candidate is scored anew" in log
+    assert "resuming the search" not in log
+    second = _scores(wd)
+    assert second != first
+    rows = [json.loads(line) for line in (wd / CKPT / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == len(second)  # every candidate of this search was scored by this search
+
+    # the supernet's content changes at the same path (written by hand): the same
+    weights = wd / "results/shapes_fpn/supernet_pretrained/supernet.pt"
+    ckpt = torch.load(weights, weights_only=True)
+    for v in ckpt["state_dict"].values():
+        if v.is_floating_point():
+            v.mul_(0.5)
+    torch.save(ckpt, weights)
+    assert planned(wd, SEARCH) == {"search": 1}
+    snakemake(wd, "--cores", "2", SEARCH)
+    assert "is stale: input content differs: supernet" in _log(wd)
+    assert _scores(wd) != second
+
+
+@pytest.mark.slow
+def test_unchanged_inputs_resume_the_search(tmp_path):
+    """A rerun of the same search (e.g. after a kill) resumes: nothing is scored twice."""
+    wd = make_workdir(tmp_path)
+    snakemake(wd, "--cores", "2", SEARCH)
+    first = (wd / SEARCH).read_text()
+    (wd / SEARCH).unlink()  # as if the job had died before writing its outputs
+    snakemake(wd, "--cores", "2", SEARCH)
+    assert "resuming the search after generation 2 (8 candidates already scored)" in _log(wd)
+    assert (wd / SEARCH).read_text() == first
