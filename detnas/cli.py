@@ -133,7 +133,7 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
 def _split_detection(args: argparse.Namespace) -> int:
     from .stages.split import run_split_detection
 
-    run_split_detection(args.settings, out_dir=args.out_dir, mlflow=args.mlflow)
+    run_split_detection(args.settings, out_dir=args.out_dir, mlflow=args.mlflow, threads=args.threads)
     return 0
 
 
@@ -147,6 +147,7 @@ def _split_classification(args: argparse.Namespace) -> int:
 def _add_split(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split-detection", help="validate a detection dataset; cut the search-validation split")
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1, help="threads decoding the images (the job's threads)")
     _stage_args(p)
     p.set_defaults(func=_split_detection)
     p = sub.add_parser("split-classification", help="validate a classification dataset; hold out ClsNAS's images")

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -28,6 +29,8 @@ from detnas.data.coco import (
     write_json_atomic,
 )
 from detnas.data.voc import VOC_CLASSES, voc_to_coco
+
+from conftest import run_detnas
 
 # ---------------------------------------------------------------------------------------------
 # helpers: a tiny COCO-style dataset on disk
@@ -163,6 +166,71 @@ def test_multiple_image_roots_resolve_in_order(tmp_path: Path) -> None:
     ds = DetectionDataset(out_file)
     image, target = ds[ds.image_ids.index(4)]
     assert image.shape == (3, 32, 32) and target["image_id"] == 4
+
+
+def _jpeg(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> None:
+    """A noise JPEG: the entropy-coded data dominates the file, so cutting it in half cuts the scan."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).save(path, quality=90)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _image_json(path: Path, names: list[str], size: tuple[int, int] = (64, 48)) -> Path:
+    """A COCO file with one box on each named image (all ``size``)."""
+    w, h = size
+    images = [{"id": i, "file_name": n, "width": w, "height": h} for i, n in enumerate(names, start=1)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}
+            for i in range(1, len(names) + 1)]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    return path
+
+
+def test_split_fails_naming_every_undecodable_image_and_writes_nothing(tmp_path: Path) -> None:
+    img_dir = tmp_path / "images"
+    train = [f"{i:03d}.jpg" for i in range(1, 7)] + ["007.png"]
+    for name in train[:-1] + ["008.jpg", "009.jpg"]:
+        _jpeg(img_dir / name)
+    _png(img_dir / "007.png", (64, 48))
+    _truncate(img_dir / "002.jpg")  # a header-only check passes this one
+    (img_dir / "004.jpg").write_bytes(b"")
+    _truncate(img_dir / "007.png")
+    sources = {"type": "coco",
+               "train": {"annotations": str(_image_json(tmp_path / "train.json", train)), "images": [str(img_dir)]},
+               "test": {"annotations": str(_image_json(tmp_path / "test.json", ["008.jpg", "009.jpg"])),
+                        "images": [str(img_dir)]}}  # fmt: skip
+    settings = {"sources": sources, "split": {"size": 2, "seed": 0}, "check_images": True}
+    out_dir = tmp_path / "out"
+    proc = run_detnas("split-detection", "--settings", json.dumps(settings), "--out-dir", str(out_dir),
+                      "--threads", "2", check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert "3 of 7 images cannot be used" in proc.stderr
+    for bad in ("002.jpg is unreadable", "004.jpg is unreadable", "007.png is unreadable"):
+        assert bad in proc.stderr
+    assert "001.jpg" not in proc.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_grayscale_jpeg_passes_and_loads_as_rgb(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "images" / "gray.jpg", mode="L")
+    out = tmp_path / "internal.json"
+    write_json_atomic(prepare_detection(_image_json(tmp_path / "in.json", ["gray.jpg"]), [tmp_path / "images"]), out)
+    image, _ = DetectionDataset(out)[0]
+    assert image.shape == (3, 48, 64)
+
+
+def test_image_errors_list_twenty_files_and_count_the_rest(tmp_path: Path) -> None:
+    names = [f"{i:03d}.jpg" for i in range(1, 24)]
+    (tmp_path / "images").mkdir()
+    for name in names:
+        (tmp_path / "images" / name).write_bytes(b"")
+    with pytest.raises(DataError, match=r"23 of 23 images cannot be used") as info:
+        prepare_detection(_image_json(tmp_path / "in.json", names), [tmp_path / "images"], threads=2)
+    assert "020.jpg" in str(info.value) and "021.jpg" not in str(info.value)
+    assert str(info.value).endswith("... and 3 more")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,15 +22,17 @@ from ..tracking import StageRun
 __all__ = ["run_split_classification", "run_split_detection"]
 
 
-def _load_part(sources: dict[str, Any], part: str, check_images: bool) -> dict:
+def _load_part(sources: dict[str, Any], part: str, check_images: bool, threads: int) -> dict:
     if sources["type"] == "voc":
         root = Path(sources["root"])
         sets = [(str(y), s) for y, s in sources[part]]
-        return validate_detection(voc_to_coco(root, sets), source=f"{root} {sets}", check_images=check_images)
+        return validate_detection(voc_to_coco(root, sets), source=f"{root} {sets}", check_images=check_images,
+                                  threads=threads)
     entry = sources[part]
     ann = Path(entry["annotations"])
     # COCO 2017 train has a couple of zero-height boxes; drop those (with a note) rather than refuse
-    return prepare_detection(ann, [Path(p) for p in entry["images"]], check_images=check_images, drop_degenerate=True)
+    return prepare_detection(ann, [Path(p) for p in entry["images"]], check_images=check_images,
+                             drop_degenerate=True, threads=threads)
 
 
 def _count_or_fraction(size: float) -> int | float:
@@ -43,13 +45,16 @@ def _summary(d: dict) -> dict[str, int]:
     return {"images": len(d["images"]), "annotations": len(d["annotations"]), "categories": len(per_cat)}
 
 
-def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict[str, Any]) -> None:
-    """Validate train/test of a detection dataset and split train; see the module docstring."""
+def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict[str, Any], threads: int = 1) -> None:
+    """Validate train/test of a detection dataset and split train; see the module docstring.
+
+    Every image is decoded once, on ``threads`` threads. Nothing is written unless both parts pass.
+    """
     sources, split = settings["sources"], settings["split"]
     check = settings.get("check_images", True)
     with StageRun(**mlflow, params=settings) as run:
-        train = _load_part(sources, "train", check)
-        test = _load_part(sources, "test", check)
+        train = _load_part(sources, "train", check, threads)
+        test = _load_part(sources, "test", check, threads)
         train_ids = {img["file_name"] for img in train["images"]}
         overlap = train_ids & {img["file_name"] for img in test["images"]}
         if overlap:
