@@ -1,4 +1,7 @@
-"""``python -m detnas <command>``: argument parsing only; each command calls one package function."""
+"""Every stage of the DetNAS workflow as a command. Snakemake runs them for you (see the README);
+run one by hand to debug a stage or to use it outside the workflow. Each stage's --settings is a
+JSON object whose keys are those of its section in config/config.yaml, documented with their
+defaults in workflow/schemas/config.schema.yaml."""
 
 from __future__ import annotations
 
@@ -75,12 +78,31 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:200]!r}") from None
 
 
+# The --settings keys of each stage (tests/test_cli.py checks them against the stages' settings classes)
+SETTINGS_KEYS = {
+    "pretrain": ["space", "image_size", "batch_size", "schedule", "label_smoothing", "dropout", "seed",
+                 "checkpoint_every", "log_every", "eval_batch_size"],
+    "finetune": ["space", "detector", "batch_size", "schedule", "seed", "checkpoint_every", "log_every",
+                 "eval_batch_size", "schedule_factor"],
+    "search": ["method", "population", "parents", "generations", "mutation_prob", "max_mflops", "min_mflops",
+               "recalibration_images", "eval_images", "batch_size", "seed"],
+    "split-detection": ["sources", "split", "check_images"],
+    "split-classification": ["train", "val", "holdout"],
+    "synthesize": ["num_train", "num_test", "image_size", "max_objects", "seed (detection)",
+                   "train_per_class", "val_per_class", "image_size", "seed (classification)"],
+}
+
+
 def _stage_args(p: argparse.ArgumentParser, *, settings: bool = True, mlflow: bool = True, compute: bool = False) -> None:
     if settings:
-        p.add_argument("--settings", type=_json_arg, required=True, help="the stage's settings as JSON (or @file)")
+        command = p.prog.split()[-1]
+        p.add_argument("--settings", type=_json_arg, required=True,
+                       help=f"the stage's settings as JSON, or @file; keys: {', '.join(SETTINGS_KEYS[command])} "
+                            f"(meanings and defaults: workflow/schemas/config.schema.yaml)")
     if mlflow:
         p.add_argument("--mlflow", type=_json_arg, default={"experiment": "detnas", "run_name": p.prog.split()[-1]},
-                       help='MLflow run as JSON: {"experiment", "run_name", "tags"}')
+                       help='the MLflow run to log to, as JSON: {"experiment", "run_name", "tags"}; a resumed job '
+                            "continues the run its checkpoint names")
     if compute:
         p.add_argument("--threads", type=int, default=0, help="CPU threads of the job (0: torch's default)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -123,7 +145,9 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _add_synthesize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synthesize", help="draw the embedded synthetic shapes datasets")
+    p = sub.add_parser("synthesize", help="draw the embedded synthetic shapes datasets",
+                       description="Draw the demo's synthetic data: a COCO-style detection dataset of coloured shapes, "
+                       "or an ImageFolder classification dataset standing in for ImageNet. Nothing is downloaded.")
     p.add_argument("--kind", choices=["detection", "classification"], required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     _stage_args(p, mlflow=False)
@@ -145,12 +169,18 @@ def _split_classification(args: argparse.Namespace) -> int:
 
 
 def _add_split(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("split-detection", help="validate a detection dataset; cut the search-validation split")
+    p = sub.add_parser("split-detection", help="validate a detection dataset; cut the search-validation split",
+                       description="Check a COCO or VOC detection dataset once (annotations, boxes, every image decoded) "
+                       "and cut the seeded search-validation split out of its training part. Writes train.json, "
+                       "supernet_train.json, search_val.json, test.json and split_metrics.json to --out-dir; nothing "
+                       "when the data has a problem (every bad file is named).")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--threads", type=int, default=1, help="threads decoding the images (the job's threads)")
     _stage_args(p)
     p.set_defaults(func=_split_detection)
-    p = sub.add_parser("split-classification", help="validate a classification dataset; hold out ClsNAS's images")
+    p = sub.add_parser("split-classification", help="validate a classification dataset; hold out ClsNAS's images",
+                       description="Scan an ImageFolder classification dataset and hold out a seeded set of training "
+                       "images for ClsNAS's fitness; writes split.json.")
     p.add_argument("--out", type=Path, required=True)
     _stage_args(p)
     p.set_defaults(func=_split_classification)
@@ -168,7 +198,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="classification training: the supernet, or one architecture (--arch)")
+    p = sub.add_parser("pretrain", help="classification training: the supernet, or one architecture (--arch)",
+                       description="Train on the classification split (ImageNet): the supernet with one uniformly "
+                       "sampled path per iteration, or, with --arch/--arch-file, that architecture as a standalone "
+                       "network (then evaluated for top-1). Checkpoints every checkpoint_every iterations and on "
+                       "SIGTERM; a rerun with the same settings and inputs resumes.")
     p.add_argument("--split", type=Path, required=True, help="split.json of the classification data")
     _arch_arg(p, "train")
     p.add_argument("--val", type=Path, help="ImageFolder root for the final top-1 (default: the split's val root)")
@@ -189,7 +223,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="detection fine-tuning: the supernet path-wise, or one architecture (--arch)")
+    p = sub.add_parser("finetune", help="detection fine-tuning: the supernet path-wise, or one architecture (--arch)",
+                       description="Fine-tune a Faster R-CNN + FPN or RetinaNet detector on the training annotations: "
+                       "the supernet one path per iteration, or one architecture (--arch/--arch-file), from "
+                       "classification weights (--init) or from scratch. Checkpoints and resumes like pretrain.")
     p.add_argument("--train", type=Path, required=True, help="training annotations (internal COCO-style JSON)")
     p.add_argument("--init", type=Path, help="classification checkpoint to start from (default: from scratch)")
     _arch_arg(p, "fine-tune")
@@ -210,7 +247,11 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="evolutionary (DetNAS, ClsNAS) or random search under a FLOPs constraint")
+    p = sub.add_parser("search", help="evolutionary (DetNAS, ClsNAS) or random search under a FLOPs constraint",
+                       description="Search the supernet for the best architecture under the backbone FLOPs bounds: "
+                       "method detnas (EA, fitness mmAP after BN recalibration), random (same budget), clsnas (EA, "
+                       "top-1 of the classification supernet). Writes the chosen architecture, every scored "
+                       "candidate and the search curve; a killed search resumes without re-scoring.")
     p.add_argument("--supernet", type=Path, required=True,
                    help="fine-tuned detection supernet (detnas, random) or pre-trained classification supernet (clsnas)")
     p.add_argument("--val", type=Path, required=True,
@@ -241,7 +282,9 @@ def _fixed_arch(args: argparse.Namespace) -> int:
 
 
 def _add_fixed_arch(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fixed-arch", help="write a chosen-architecture file without searching (hand-crafted baselines)")
+    p = sub.add_parser("fixed-arch", help="write a chosen-architecture file without searching (hand-crafted baselines)",
+                       description="Write an arch.json as a search would, for an architecture you choose (e.g. the "
+                       "hand-crafted ShuffleNetV2: every block choice 0), so it can be retrained and evaluated.")
     p.add_argument("--space", required=True)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--arch", help="architecture encoding")
@@ -263,7 +306,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="COCO metrics of a retrained detector on the test split -> final.json")
+    p = sub.add_parser("evaluate", help="COCO metrics of a retrained detector on the test split -> final.json",
+                       description="Score a retrained detector on the test split with COCOeval and write final.json: "
+                       "the architecture, its MFLOPs and params, AP..APl, the primary metric and the top-1 of its "
+                       "classifier.")
     p.add_argument("--detector", type=Path, required=True)
     p.add_argument("--test", type=Path, required=True, help="test annotations (internal COCO-style JSON)")
     p.add_argument("--arch-file", type=Path, required=True, help="the chosen architecture (search output)")
@@ -286,7 +332,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="methods of an experiment side by side -> comparison.csv and .png")
+    p = sub.add_parser("compare", help="methods of an experiment side by side -> comparison.csv and .png",
+                       description="Put the final.json of every method of an experiment in one table and one plot, "
+                       "with the EA-vs-random search curves.")
     p.add_argument("--experiment", required=True)
     p.add_argument("--final", type=Path, nargs="+", required=True, help="final.json of each method")
     p.add_argument("--history", nargs="*", default=[], help="METHOD=history.csv of searches to plot")
@@ -324,7 +372,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="print an experiment's comparison table and where its results are")
+    p = sub.add_parser("report", help="print an experiment's comparison table and where its results are",
+                       description="Print an experiment's comparison table, where its results and logs are, and the "
+                       "command that opens the MLflow UI on them.")
     p.add_argument("--experiment", help="default: demo_experiment of the config")
     p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
     p.add_argument("--results", type=Path, default=Path("results"))
@@ -338,7 +388,9 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 
 def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("selfcheck", help="print the processes, ranks and devices a job sees (allocation check)")
+    p = sub.add_parser("selfcheck", help="print the processes, ranks and devices a job sees (allocation check)",
+                       description="Report the processes, ranks and GPUs a (SLURM) job sees, to check an allocation "
+                       "before spending hours on it.")
     p.add_argument("--out", type=Path, help="also write the report as JSON")
     p.add_argument("--expect-processes", type=int, help="fail unless the job runs this many processes (0 or 1: one)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
