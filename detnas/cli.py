@@ -359,11 +359,13 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"{table}: not found; run the workflow first (make demo, or snakemake {table})")
     import pandas as pd
 
+    from .formatting import fmt_number
+
     df = pd.read_csv(table, dtype={"arch": str})
     shown = df[["method", "arch", "mflops", "AP", "AP50", "APs", "APm", "APl", "top1"]]
     print(f"\n{experiment}: test-split COCO metrics of the retrained architectures, backbone MFLOPs at 224x224, "
           f"classification top-1\n")
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(shown.to_string(index=False, float_format=fmt_number))
     print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png)")
     print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
     print(f"logs:        {args.results.resolve()}/logs/")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpointer
 from .distributed import Dist
+from .formatting import fmt_number
 from .settings import known_keys
 from .space import Arch, SearchSpace
 from .supernet import inactive_modules, set_path
@@ -207,9 +208,9 @@ class Progress:
         self._steps_timed += self._count
         spent = now - self._t_start
         eta = spent / self._steps_timed * (self.total - step) if self._steps_timed else 0.0
-        named = " ".join(f"{k} {v / self._count:.4f}" for k, v in self._sums.items() if k != "loss")
+        named = " ".join(f"{k} {fmt_number(v / self._count)}" for k, v in self._sums.items() if k != "loss")
         print(
-            f"[{self.name}] step {step}/{self.total} loss {row['loss']:.4f} {named} lr {lr:.5f} "
+            f"[{self.name}] step {step}/{self.total} loss {fmt_number(row['loss'])} {named} lr {fmt_number(lr, 5)} "
             f"{rate:.1f} img/s eta {_fmt_seconds(eta)}",
             flush=True,
         )

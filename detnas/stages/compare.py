@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..formatting import fmt_number
 from ..io import read_json, write_text_atomic
 from ..plots import plot_comparison
 from ..tracking import StageRun
@@ -28,7 +29,7 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
         raise ValueError(f"final.json files lack {missing}: {[str(p) for p in finals]}")
     table = table[COLUMNS]
     buf = io.StringIO()
-    table.to_csv(buf, index=False, float_format="%.4f")
+    table.to_csv(buf, index=False, float_format=fmt_number)
     write_text_atomic(buf.getvalue(), csv_out)
     curves = {m: pd.read_csv(p) for m, p in histories.items()}
     plot_comparison(table, curves, png_out, title=f"{experiment}: methods side by side")
@@ -37,5 +38,5 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
             run.log_metrics({f"{r['method']}_AP": r["AP"], f"{r['method']}_top1": r["top1"] or 0.0}, 0)
         run.log_artifacts(csv_out, png_out)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(table.drop(columns=["mlflow_run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(table.drop(columns=["mlflow_run_id"]).to_string(index=False, float_format=fmt_number))
     return table

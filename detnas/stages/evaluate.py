@@ -9,6 +9,7 @@ from typing import Any
 from ..distributed import init_distributed, set_threads
 from ..evaluate import COCO_METRICS, DetectionImages, evaluate_detector
 from ..flops import cost_table
+from ..formatting import fmt_number
 from ..io import read_json, write_json_atomic
 from ..space import get_space
 from ..tracking import StageRun
@@ -71,6 +72,6 @@ def run_evaluate(
         run.set_tags({"arch": str(arch)})
         write_json_atomic(final, out)
         run.log_artifacts(out)
-    summary = " ".join(f"{k} {metrics[k]:.4f}" for k in COCO_METRICS)
+    summary = " ".join(f"{k} {fmt_number(metrics[k])}" for k in COCO_METRICS)
     print(f"{info.get('experiment')} {info.get('method')}: {arch} on {len(data)} test images: {summary} "
           f"(top-1 {final['top1']}) in {seconds:.1f} s", flush=True)

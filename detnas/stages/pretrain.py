@@ -23,6 +23,7 @@ from ..engine import (
     uniform_path,
 )
 from ..evaluate import top1_accuracy
+from ..formatting import fmt_number
 from ..io import read_json, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
 from ..settings import known_keys
@@ -146,7 +147,7 @@ def run_pretrain(
             val = ClassificationDataset(val_root, transform=classification_transforms(train=False, image_size=cfg.image_size))
             val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, pin_memory=dist.device.type == "cuda")
             metrics["top1"] = top1_accuracy(model, val_loader, dist.device)
-            print(f"top-1 on {val_root}: {metrics['top1']:.4f}", flush=True)
+            print(f"top-1 on {val_root}: {fmt_number(metrics['top1'])}", flush=True)
             run.log_metrics({"top1": metrics["top1"]}, cfg.schedule.iterations)
         if dist.is_main:
             save_checkpoint(

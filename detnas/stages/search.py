@@ -31,6 +31,7 @@ from ..checkpoint import resume_key, stale_reason
 from ..engine import recalibrate_bn
 from ..evaluate import DetectionImages, evaluate_detector
 from ..flops import cost_table
+from ..formatting import fmt_number
 from ..io import load_checkpoint, read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..search import Candidate, SearchSettings, best, run_search, top
@@ -311,7 +312,7 @@ def _lead(
 
         def progress(row: dict[str, Any]) -> None:
             counter["n"] += 1
-            print(f"[search {s.method}] {counter['n']}/{budget} {row['arch']} fitness {row['fitness']:.4f} "
+            print(f"[search {s.method}] {counter['n']}/{budget} {row['arch']} fitness {fmt_number(row['fitness'])} "
                   f"{row['mflops']:.1f} MFLOPs ({row['seconds']:.1f} s, rank {row['rank']})", flush=True)
 
         def on_generation(st: dict[str, Any]) -> None:
@@ -320,7 +321,7 @@ def _lead(
             gen = st["generation"]
             run.log_metrics(_generation_metrics(hist, s.population), gen)
             print(f"generation {gen}/{s.generations}: {len(hist)} scored, best {best(hist).arch} "
-                  f"{best(hist).fitness:.4f}", flush=True)
+                  f"{fmt_number(best(hist).fitness)}", flush=True)
 
         history = run_search(space, _distributed_score(dist, scorer, log, table.backbone_macs, progress), feasible,
                              s.algorithm(), np.random.default_rng(s.seed), state=state, on_generation=on_generation)
@@ -351,7 +352,7 @@ def _lead(
         run.set_tags({"arch": chosen.arch, "method": s.method})
         run.log_metrics({"chosen_fitness": chosen.fitness, "chosen_mflops": result["mflops"]}, len(history))
         run.log_artifacts(arch_out, history_out, curve_out)
-        print(f"chosen: {chosen.arch} fitness {chosen.fitness:.4f}, {result['mflops']:.1f} MFLOPs", flush=True)
+        print(f"chosen: {chosen.arch} fitness {fmt_number(chosen.fitness)}, {result['mflops']:.1f} MFLOPs", flush=True)
 
 
 def _generation_metrics(history: list[Candidate], population: int) -> dict[str, float]:
