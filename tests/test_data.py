@@ -492,3 +492,13 @@ def test_uint8_evaluation_images_normalize_to_the_float_transform(tmp_path: Path
     torch.testing.assert_close(normalize_images(image[None])[0], as_float[0][0])
     with pytest.raises(ValueError, match="training transforms always normalize"):
         classification_transforms(train=True, image_size=24, normalize=False)
+
+
+def test_holdout_that_empties_a_class_fails_naming_it(tmp_path: Path) -> None:
+    root = _folder(tmp_path)
+    _png(root / "rare" / "0.png", (20, 16), (0, 0, 200))
+    # 10 of 11 images held out: one training image is left, so at least two classes lose all of theirs
+    with pytest.raises(DataError, match=r"takes every training image of [23] classes: .*\(\d images\)") as e:
+        split_classification(root, holdout=10, seed=0)
+    assert "holdout.size" in str(e.value)
+    assert split_classification(root, holdout=2, seed=0)  # a holdout that leaves every class some images

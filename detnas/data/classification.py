@@ -57,7 +57,9 @@ def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict
 
     ``holdout``: an int is a number of images (SPOS/ClsNAS: 50,000), a float in (0, 1) a fraction.
     Returns ``{"root": absolute root, "classes": [...], "holdout": [sorted relative paths]}``;
-    train on the rest with ``ClassificationDataset(root, exclude=set(holdout))``.
+    train on the rest with ``ClassificationDataset(root, exclude=set(holdout))``. A holdout that
+    takes every training image of a class is a DataError naming the classes: the classifier could
+    not learn them, so the draw is refused rather than trained on.
     """
     root = Path(root).absolute()
     classes, samples = scan_image_folder(root)
@@ -65,6 +67,15 @@ def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict
     k = part_count(holdout, n, f"holdout of {root}")
     rng = np.random.default_rng(seed)
     picked = rng.choice(n, size=k, replace=False)  # samples are sorted, so this depends on seed + files only
+    total = np.bincount([c for _, c in samples], minlength=len(classes))
+    held = np.bincount([samples[i][1] for i in picked], minlength=len(classes))
+    emptied = [f"{classes[c]} ({total[c]} images)" for c in np.flatnonzero(held == total)]
+    if emptied:
+        raise DataError(
+            f"{root}: the holdout of {k} images (size {holdout!r}, seed {seed}) takes every training image of "
+            f"{len(emptied)} classes: {', '.join(emptied[:10])}{' ...' if len(emptied) > 10 else ''}; "
+            f"lower classification_data.<name>.holdout.size or add images to these classes"
+        )
     return {"root": str(root), "classes": classes, "holdout": sorted(samples[i][0] for i in picked)}
 
 
