@@ -12,7 +12,14 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+include: "workflow/rules/common.smk"
+
+
+# A configuration mistake stops here, before any job (also on `snakemake -n`): one line per problem,
+# starting with its key path, e.g. "experiments.coco_fpn.search.max_mflops: 1 admits no architecture ...".
+stop(schema_problems(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")))
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)  # fills in the defaults
+stop(config_problems())
 
 
 wildcard_constraints:
@@ -22,7 +29,6 @@ wildcard_constraints:
     pretrain=r"[A-Za-z0-9_.-]+",
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
@@ -36,3 +42,14 @@ rule all:
     default_target: True
     input:
         demo_targets(),
+
+
+# A final.json of a method that does not exist stops with the methods that do (instead of Snakemake's
+# "No rule to produce"); the methods with a rule of their own never match here.
+rule unknown_method:
+    input:
+        unknown_method_input,
+    output:
+        f"{R}/{{experiment}}/{{method}}/final.json",
+    wildcard_constraints:
+        method=rf"(?!(?:{'|'.join(m for m in METHODS if m != 'detnas')})\b)[A-Za-z0-9_]+",

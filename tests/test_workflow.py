@@ -28,11 +28,14 @@ def test_dry_run_plans_every_experiment(tmp_path):
 
 
 def test_missing_real_data_names_the_path(tmp_path):
+    """A run stops while the DAG is built, before any job, with the key and the path of each missing one."""
     wd = make_workdir(tmp_path, ROOT / "config" / "config.yaml")
     proc = snakemake(wd, "--cores", "1", "results/data/detection/coco/search_val.json", check=False)
     assert proc.returncode != 0
-    log = (wd / "results/logs/split_detection/coco.log").read_text()
-    assert "/path/to/coco/annotations/instances_train2017.json" in log and "Traceback" not in log
+    lines = (proc.stderr + proc.stdout).splitlines()
+    assert ("detection_data.coco.train.annotations: /path/to/coco/annotations/instances_train2017.json"
+            " does not exist") in lines
+    assert "Traceback" not in proc.stderr + proc.stdout and not (wd / "results").exists()
 
 
 def test_bad_config_names_the_key(tmp_path):

@@ -1,5 +1,18 @@
-# Helpers shared by the rules: config lookups with clear errors, target paths, stage settings.
+# Helpers shared by the rules: config lookups with clear errors, the config checks, target paths,
+# stage settings.
+import ast
+import difflib
+import hashlib
 import json
+import math
+import os
+import re
+import sys
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+
+from snakemake.logging import logger
 
 R = "results"
 SEARCH_METHODS = ["detnas", "random", "clsnas", "scratch"]
@@ -30,21 +43,218 @@ def pretrain_run(name):
     return _entry("pretrain", name, "pretrain run")
 
 
-def check_references():
-    """Every name an entry refers to exists; say which entry and key when one does not."""
+# -- config checks ---------------------------------------------------------------------------------
+# A configuration mistake must stop a run in seconds, not after two days of supernet training. The
+# Snakefile runs these checks when it loads (so `snakemake -n` shows them too), before any job;
+# `stop` prints one line per problem, each starting with its config key path, and exits.
+
+
+def stop(problems):
+    """End Snakemake now, before any job runs, when there are problems: one line each, exit status 1.
+
+    A raised exception would put Snakemake's "<Error> in file ..., line ..." line and a traceback
+    around the message; the problems alone are the clearer report.
+    """
+    if problems:
+        print("\n".join(problems), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def key_path(*keys):
+    """The dotted path of a config key, list positions as [i]: `detection_data.voc.train[1]`."""
+    out = ""
+    for k in keys:
+        out += f"[{k}]" if isinstance(k, int) else f".{k}" if out else str(k)
+    return out
+
+
+def executing():
+    """Whether this invocation runs jobs (False for a dry run, --touch, --dag, --summary, ...)."""
+    return workflow.executor_plugin is not None and not workflow.dryrun and not workflow.touch
+
+
+def schema_problems(config, schema_file):
+    """The config's schema violations, one line each: `<key path>: <problem>`.
+
+    Snakemake's `validate` reports only one, as a page of jsonschema dump; this reads the same
+    schema with jsonschema directly.
+    """
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [jsonschema.exceptions.best_match([e]) for e in validator.iter_errors(config)]
+    # a mistake inside an entry can also fail a vaguer check of the entry itself (a wrong `type`
+    # leaves its type's keys unevaluated): report the specific one
+    paths = [tuple(e.absolute_path) for e in errors]
+    kept = [e for e, p in zip(errors, paths) if not any(len(q) > len(p) and q[: len(p)] == p for q in paths)]
+    return list(dict.fromkeys(line for e in kept for line in _schema_error_lines(e, validator)))
+
+
+def _schema_error_lines(error, validator):
+    path = list(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        # jsonschema names them in its message: "('log_evry', 'x' were unexpected)"
+        m = re.search(r"\((.*) (?:was|were) unexpected\)", error.message)
+        try:
+            unknown = ast.literal_eval(f"[{m.group(1)}]") if m else []
+        except (SyntaxError, ValueError):
+            unknown = []
+        if unknown:
+            known = sorted(_declared_keys(error.schema, error.instance, validator))
+            return [f"{key_path(*path, k)}: unknown key ({_suggest(str(k), known)})" for k in unknown]
+    if error.validator == "required":
+        return [f"{key_path(*path, k)}: missing (required)" for k in error.validator_value if k not in error.instance]
+    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    return [f"{key_path(*path) or 'config'}: {message}"]
+
+
+def _declared_keys(subschema, instance, validator):
+    """The keys a (sub)schema declares for ``instance``: through allOf, local $refs, and the
+    if/then/else branch that applies (a VOC key is unknown in a synthetic dataset)."""
+    keys = set(subschema.get("properties", {}))
+    parts = list(subschema.get("allOf", []))
+    if "if" in subschema:
+        branch = "then" if validator.evolve(schema=subschema["if"]).is_valid(instance) else "else"
+        parts += [subschema[branch]] if branch in subschema else []
+    ref = subschema.get("$ref", "")
+    if ref.startswith("#/"):
+        target = validator.schema
+        for name in ref[2:].split("/"):
+            target = target[name]
+        parts.append(target)
+    for part in parts:
+        keys |= _declared_keys(part, instance, validator)
+    return keys
+
+
+def _suggest(key, known):
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+
+
+def config_problems():
+    """What the schema cannot check: names that refer to nothing, settings no run can satisfy.
+
+    Needs the config validated (defaults filled in). Dataset paths are checked later, for the
+    datasets the requested targets need (see `require_data`).
+    """
+    problems = []
     for name, p in config["pretrain"].items():
         if p["data"] not in config["classification_data"]:
-            raise ValueError(f"config/config.yaml: pretrain.{name}.data = {p['data']!r} is not a classification_data entry")
+            problems.append(f"pretrain.{name}.data = {p['data']!r} is not a classification_data entry"
+                            f" (known: {', '.join(config['classification_data'])})")
+    for name, d in config["detection_data"].items():
+        n = d["synthetic"]["num_train"] if d["type"] == "synthetic" else None
+        problems += _split_size_problems(f"detection_data.{name}.split.size", d["split"]["size"], n)
+        if d["type"] == "voc" and Path(d["root"]).name != "VOCdevkit":
+            problems.append(f"detection_data.{name}.root: {d['root']} must be the VOCdevkit folder"
+                            " (holding VOC2007/, VOC2012/)")
+    for name, d in config["classification_data"].items():
+        problems += _split_size_problems(f"classification_data.{name}.holdout.size", d["holdout"]["size"], None)
     for name, e in config["experiments"].items():
+        where = f"experiments.{name}"
         if e["data"] not in config["detection_data"]:
-            raise ValueError(f"config/config.yaml: experiments.{name}.data = {e['data']!r} is not a detection_data entry")
+            problems.append(f"{where}.data = {e['data']!r} is not a detection_data entry"
+                            f" (known: {', '.join(config['detection_data'])})")
         if e["pretrain"] not in config["pretrain"]:
-            raise ValueError(f"config/config.yaml: experiments.{name}.pretrain = {e['pretrain']!r} is not a pretrain entry")
+            problems.append(f"{where}.pretrain = {e['pretrain']!r} is not a pretrain entry"
+                            f" (known: {', '.join(config['pretrain'])})")
+        else:
+            problems += _flops_problems(f"{where}.search", e["search"], config["pretrain"][e["pretrain"]]["space"])
+        s = e["search"]
+        if s["parents"] > s["population"]:
+            problems.append(f"{where}.search.parents: {s['parents']} is more than the population ({s['population']})")
     if config["demo_experiment"] not in config["experiments"]:
-        raise ValueError(f"config/config.yaml: demo_experiment = {config['demo_experiment']!r} is not an experiment")
+        problems.append(f"demo_experiment = {config['demo_experiment']!r} is not an experiment"
+                        f" (known: {', '.join(config['experiments'])})")
+    return problems
 
 
-check_references()
+def _split_size_problems(where, size, n):
+    """A split size is a count (a whole number >= 1) or a fraction in (0, 1) (detnas.data.coco.part_count);
+    ``n``: the number of images split, when known without the data (synthetic datasets)."""
+    if size >= 1 and size != int(size):
+        return [f"{where}: {size} is neither a count (a whole number) nor a fraction in (0, 1)"]
+    if n is not None:
+        k = int(size) if size >= 1 else round(size * n)
+        if not 0 < k < n:
+            return [f"{where}: {size} takes {k} of the {n} images: both parts must be non-empty"]
+    return []
+
+
+def _flops_problems(where, search, space):
+    """The FLOPs bounds admit at least one architecture of the space (bounds in MACs / 1e6)."""
+    lo, hi = space_bounds(space)
+    low, high = search["min_mflops"], search["max_mflops"]
+    # shown rounded inwards: a bound at the number shown admits an architecture
+    span = f"space {space!r}: cheapest backbone {math.ceil(lo / 1e4) / 100} MFLOPs, dearest {math.floor(hi / 1e4) / 100}"
+    problems = []
+    if high is not None and high * 1e6 < lo:
+        problems.append(f"{where}.max_mflops: {high} admits no architecture ({span})")
+    if low is not None and low * 1e6 > hi:
+        problems.append(f"{where}.min_mflops: {low} admits no architecture ({span})")
+    elif low is not None and high is not None and low > high:
+        problems.append(f"{where}.min_mflops: {low} is above max_mflops ({high})")
+    return problems
+
+
+_BOUNDS_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "detnas" / "space_bounds.json"
+
+
+@cache
+def space_bounds(name):
+    """(cheapest, dearest) backbone MACs of a search space: detnas.flops' cost table.
+
+    Building the table (torch modules on the meta device) takes seconds per space, and importing
+    torch as long: the bounds are kept on disk, keyed by the space and the source of the modules
+    that define it, so loading the Snakefile stays fast.
+    """
+    import detnas.space
+
+    space = detnas.space.get_space(name)
+    package = Path(detnas.space.__file__).parent
+    digest = hashlib.sha256(repr(space).encode())
+    for module in ("space", "blocks", "supernet", "flops"):
+        digest.update((package / f"{module}.py").read_bytes())
+    digest.update(version("torch").encode())
+    key = digest.hexdigest()
+    try:
+        known = json.loads(_BOUNDS_CACHE.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        from detnas.flops import cost_table
+
+        known[key] = list(cost_table(space).bounds())
+        try:  # a cache: a read-only home only costs the recomputation
+            _BOUNDS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _BOUNDS_CACHE.with_name(f"{_BOUNDS_CACHE.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, _BOUNDS_CACHE)
+        except OSError:
+            pass
+    return tuple(known[key])
+
+
+_warned = set()
+
+
+def require_data(paths):
+    """Dataset paths a requested target needs, as (key path, path): a run stops on the missing ones
+    (one line each, before any job); a dry run (or --dag, --summary) plans on and warns, once per path.
+    """
+    missing = [(key, p) for key, p in paths if not os.path.exists(p)]
+    # under a missing folder, everything is missing: name the folder only
+    missing = [(key, p) for key, p in missing if not any(q != p and Path(q) in Path(p).parents for _, q in missing)]
+    lines = [f"{key}: {p} does not exist" for key, p in missing]
+    if executing():
+        stop(lines)
+    for line in lines:
+        if line not in _warned:
+            _warned.add(line)
+            logger.warning(line)
 
 
 def as_json(obj):
@@ -74,3 +284,13 @@ def pretrain_dir(name):
 
 def demo_targets():
     return [f"{R}/{config['demo_experiment']}/comparison.csv"]
+
+
+def unknown_method_input(w):
+    """`results/{experiment}/{method}/final.json` for a method no rule makes: say which exist."""
+    target = f"{R}/{w.experiment}/{w.method}/final.json"
+    if w.experiment not in config["experiments"]:
+        stop([f"{target}: unknown experiment {w.experiment!r} (experiments: {', '.join(config['experiments'])})"])
+    if w.method == "detnas":
+        stop([f"{target}: DetNAS's result is {R}/{w.experiment}/final.json"])
+    stop([f"{target}: unknown method {w.method!r} (methods: {', '.join(METHODS)})"])

@@ -46,12 +46,31 @@ def detection_sources(dataset):
             "test": [[str(y), s] for y, s in d["test"]]}
 
 
+def detection_data_paths(dataset):
+    """A real detection dataset's paths as (config key path, path, annotation file?)."""
+    d = detection_data(dataset)
+    where = f"detection_data.{dataset}"
+    if d["type"] == "coco":
+        paths = []
+        for part in ("train", "test"):
+            paths.append((f"{where}.{part}.annotations", d[part]["annotations"], True))
+            paths += [(f"{where}.{part}.images[{i}]", p, False) for i, p in enumerate(d[part]["images"])]
+        return paths
+    # VOC: an image set is the list ImageSets/Main/<set>.txt of its year
+    return [(f"{where}.root", d["root"], False)] + [
+        (f"{where}.{part}[{i}]", f"{d['root']}/VOC{year}/ImageSets/Main/{image_set}.txt", True)
+        for part in ("train", "test") for i, (year, image_set) in enumerate(d[part])]
+
+
 def split_detection_input(w):
-    # Real datasets are not inputs: `snakemake -n` must plan every experiment without the data;
-    # the split job itself stops with the missing path in its message.
+    """The synthesized sources, or a real dataset's annotation files: replacing one reruns the split
+    and what depends on it. A missing path stops a run here, before any job; a dry run warns and
+    plans on (the stock config's /path/to/... placeholders)."""
     if detection_data(w.dataset)["type"] == "synthetic":
         return rules.synthesize_detection.output
-    return []
+    paths = detection_data_paths(w.dataset)
+    require_data([(key, p) for key, p, _ in paths])
+    return [p for _, p, annotations in paths if annotations and os.path.isfile(p)]
 
 
 rule split_detection:
@@ -76,7 +95,7 @@ rule split_detection:
         f"{R}/benchmarks/split_detection/{{dataset}}.tsv"
     shell:
         "python -m detnas split-detection --settings {params.settings:q} --out-dir {R}/data/detection/{wildcards.dataset}"
-        " --mlflow {params.mlflow:q} > {log} 2>&1"
+        " --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"
 
 
 def classification_sources(dataset):
@@ -87,8 +106,12 @@ def classification_sources(dataset):
 
 
 def split_classification_input(w):
-    if classification_data(w.dataset)["type"] == "synthetic":
+    """The synthesized images; a real dataset's folders are not inputs (a folder's time stamp says
+    little about its images), but a missing one stops a run here (see split_detection_input)."""
+    d = classification_data(w.dataset)
+    if d["type"] == "synthetic":
         return rules.synthesize_classification.output
+    require_data([(f"classification_data.{w.dataset}.{part}", d[part]) for part in ("train", "val")])
     return []
 
 
