@@ -63,3 +63,63 @@ def test_unchanged_inputs_resume_the_search(tmp_path):
     snakemake(wd, "--cores", "2", SEARCH)
     assert "resuming the search after generation 2 (8 candidates already scored)" in _log(wd)
     assert (wd / SEARCH).read_text() == first
+
+
+PRETRAIN = "results/pretrain/micro/supernet.pt"
+
+
+def _kill_during_pretraining(wd):
+    """Start Snakemake on the pre-training target, SIGKILL it and its job once a checkpoint exists."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{wd}/results/mlflow.db"}
+    with open(wd / "snakemake.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", PRETRAIN], cwd=wd, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ckpt = wd / "results/pretrain/micro/checkpoints/last.pt"
+        deadline = time.time() + 300
+        while not ckpt.exists():
+            assert proc.poll() is None and time.time() < deadline, (wd / "snakemake.log").read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job die at once, as on a lost node
+        proc.wait()
+    return torch.load(ckpt, weights_only=True)["step"]
+
+
+def _pretrain_runs(wd):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
+    exp = client.get_experiment_by_name("pretrain-micro")
+    return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_only_with_the_same_settings(tmp_path):
+    wd = make_workdir(tmp_path)
+    edit_config(wd, "schedule: {iterations: 10, lr: 0.05", "schedule: {iterations: 400, lr: 0.05")
+    saved = _kill_during_pretraining(wd)
+    snakemake(wd, "--unlock")  # Snakemake itself was killed: its lock stays
+    snakemake(wd, "--cores", "2", PRETRAIN)
+    log = (wd / "results/logs/pretrain_supernet/micro.log").read_text()
+    assert int(log.split("resuming from ")[1].split("at step ")[1].split()[0]) >= saved > 0
+    client, runs = _pretrain_runs(wd)
+    (run,) = runs  # one run for the job across both attempts
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert steps == list(range(5, 401, 5))  # whole, no gap, no step twice
+
+    # killed again, then a setting changes: the checkpoint is not used
+    (wd / PRETRAIN).unlink()
+    _kill_during_pretraining(wd)
+    snakemake(wd, "--unlock")
+    edit_config(wd, "iterations: 400, lr: 0.05", "iterations: 400, lr: 0.04")
+    snakemake(wd, "--cores", "2", PRETRAIN)
+    log = (wd / "results/logs/pretrain_supernet/micro.log").read_text()
+    assert "is stale: the stage's settings differ; deleted it, starting from step 0" in log and "resuming" not in log
+    _, runs = _pretrain_runs(wd)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
