@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_workdir(dest: Path, config: Path | str = ROOT / "tests" / "data" / "micro_config.yaml") -> Path:
-    """A copy of the workflow (Snakefile, workflow/, profiles/) with ``config`` as its config."""
+    """A copy of the workflow (Snakefile, workflow/, profiles/, config/examples/) with ``config`` as
+    its config."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
     for d in ("workflow", "profiles"):
         shutil.copytree(ROOT / d, dest / d, dirs_exist_ok=True)
     (dest / "config").mkdir(exist_ok=True)
     shutil.copy(config, dest / "config" / "config.yaml")
+    shutil.copytree(ROOT / "config" / "examples", dest / "config" / "examples", dirs_exist_ok=True)
     return dest
 
 

@@ -143,18 +143,21 @@ def _check_images(images: Sequence[dict], roots: Sequence[Path], *, source: str,
 
 
 def validate_detection(
-    dataset: dict, *, source: str, check_images: bool = True, drop_degenerate: bool = False, threads: int = 1
+    dataset: dict, *, source: str, check_images: bool = True, bad_boxes: str = "error", threads: int = 1
 ) -> dict:
     """Validate an internal-format dict and return it (a new dict; the input is not modified).
 
     Checks, each failing with a DataError that starts with ``source``: non-empty images and
     annotations; unique image ids; every annotation's image_id is an image and its category_id is
-    declared; every box has positive width and height and lies inside its image (±1 px); with
+    declared; every box has positive width and height and lies inside its image (±1 px), else
+    ``bad_boxes`` decides: "error" fails naming the image file and the box, "drop" drops it with one
+    note per image file on stderr (the count is ``detnas.dropped_boxes`` of the result); with
     ``check_images``, every image exists under some root, decodes fully with the decoder training
     uses (``decode_rgb``, on ``threads`` threads) and its size matches width/height; every bad image
-    is listed in one error. ``drop_degenerate`` drops zero/negative-size boxes (with a note on
-    stderr) instead of failing: COCO train2017 has two with height 0 (annotation ids 918, 2206849).
+    is listed in one error. (COCO train2017 has two boxes of height 0: annotation ids 918, 2206849.)
     """
+    if bad_boxes not in ("drop", "error"):
+        raise ValueError(f"bad_boxes must be 'drop' or 'error', got {bad_boxes!r}")
     roots = [Path(r) for r in dataset.get("detnas", {}).get("image_roots", [])]
     if not roots:
         raise DataError(f"{source}: no image roots given ('detnas.image_roots' is empty)")
@@ -177,7 +180,9 @@ def validate_detection(
         sizes[img["id"]] = (img["width"], img["height"])
     cat_ids = {c["id"] for c in dataset["categories"]}
 
-    kept, dropped = [], []
+    files = {img["id"]: _describe_image(img) for img in images}
+    kept: list[dict] = []
+    dropped: dict[int, list[str]] = {}  # image id -> "box: reason" of each dropped box
     for ann in anns:
         for key in ("id", "image_id", "category_id", "bbox"):
             if key not in ann:
@@ -193,28 +198,42 @@ def validate_detection(
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
             raise DataError(f"{source}: annotation {aid} bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
-        x, y, w, h = bbox
-        if w <= 0 or h <= 0:
-            if drop_degenerate:
-                dropped.append(aid)
-                continue
-            raise DataError(f"{source}: annotation {aid} (image {iid}) has a zero/negative-size box {ann['bbox']}")
-        width, height = sizes[iid]
-        tol = BOX_TOLERANCE_PX
-        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-            raise DataError(
-                f"{source}: annotation {aid} box {ann['bbox']} (xywh) lies outside image {iid} "
-                f"of size {width}x{height}"
-            )
-        kept.append(ann)
-    if dropped:
-        print(f"{source}: dropped {len(dropped)} zero-size boxes, annotation ids {dropped[:20]}", file=sys.stderr)
+        reason = _box_problem(bbox, *sizes[iid])
+        if reason is None:
+            kept.append(ann)
+        elif bad_boxes == "drop":
+            dropped.setdefault(iid, []).append(f"{bbox} {reason}")
+        else:
+            raise DataError(f"{source}: {files[iid]}: annotation {aid} box {bbox} (xywh) {reason} "
+                            f"(bad_boxes: drop would drop it with a note)")
+    for iid, notes in dropped.items():  # one note per file
+        print(f"{source}: {files[iid]}: dropped {len(notes)} bad box(es): {'; '.join(notes)}", file=sys.stderr)
+    n_dropped = sum(len(v) for v in dropped.values())
+    if n_dropped:
+        print(f"{source}: dropped {n_dropped} bad boxes in {len(dropped)} images (bad_boxes: drop)", file=sys.stderr)
     if not kept:
         raise DataError(f"{source}: empty dataset (no annotations left)")
 
     if check_images:
         _check_images(images, roots, source=source, threads=threads)
-    return {**dataset, "annotations": kept}
+    return {**dataset, "annotations": kept, "detnas": {**dataset["detnas"], "dropped_boxes": n_dropped}}
+
+
+def _describe_image(img: dict) -> str:
+    """An image by its file (and its VOC XML, when it came from one)."""
+    xml = img.get("annotation_file")
+    return f"image {img['file_name']}" + (f" ({xml})" if xml else "")
+
+
+def _box_problem(bbox: list[float], width: float, height: float) -> str | None:
+    """Why a box [x, y, w, h] cannot be trained on in a ``width`` x ``height`` image, or None."""
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return "has zero or negative size"
+    tol = BOX_TOLERANCE_PX
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        return f"lies outside the {width}x{height} image (by more than {tol:g} px)"
+    return None
 
 
 def prepare_detection(
@@ -222,13 +241,13 @@ def prepare_detection(
     image_roots: list[Path],
     *,
     check_images: bool = True,
-    drop_degenerate: bool = False,
+    bad_boxes: str = "error",
     threads: int = 1,
 ) -> dict:
     """Load a COCO-style file and return it validated, in the internal format.
 
     Segmentations are dropped, the ``detnas`` key is added (roots made absolute). The input file is
-    only read. See ``validate_detection`` for the checks, ``drop_degenerate`` and ``threads``.
+    only read. See ``validate_detection`` for the checks, ``bad_boxes`` and ``threads``.
     """
     ann_file = Path(ann_file)
     data = load_coco_json(ann_file)
@@ -236,7 +255,7 @@ def prepare_detection(
     detnas = {"image_roots": [str(Path(r).absolute()) for r in image_roots], "source": str(ann_file.absolute())}
     out = {**data, "annotations": anns, "detnas": detnas}
     return validate_detection(
-        out, source=str(ann_file), check_images=check_images, drop_degenerate=drop_degenerate, threads=threads
+        out, source=str(ann_file), check_images=check_images, bad_boxes=bad_boxes, threads=threads
     )
 
 
@@ -258,12 +277,14 @@ def part_count(size: int | float, n: int, what: str) -> int:
     return k
 
 
-def split_detection(dataset: dict, *, size: int | float, seed: int) -> tuple[dict, dict]:
+def split_detection(dataset: dict, *, size: int | float, seed: int,
+                    names: tuple[str, str] = ("supernet_train", "search_val")) -> tuple[dict, dict]:
     """Cut a seeded random search-validation subset of images out of ``dataset``.
 
     ``size``: an int is a number of images (the paper: 5000); a float in (0, 1) a fraction.
     Returns ``(supernet_train, search_val)``, disjoint, together all images; annotations follow
-    their images, categories and other top-level keys are carried along.
+    their images, categories and other top-level keys are carried along. ``names`` label the two
+    parts in ``detnas.split`` (a test set held out of the training file: ``("train", "test")``).
     """
     images = dataset["images"]
     n = len(images)
@@ -281,7 +302,7 @@ def split_detection(dataset: dict, *, size: int | float, seed: int) -> tuple[dic
         detnas = {**copy.deepcopy(dataset.get("detnas", {})), "split": {"part": name, "size": size, "seed": seed}}
         return {**dataset, "images": imgs, "annotations": anns, "detnas": detnas}
 
-    return part("supernet_train", False), part("search_val", True)
+    return part(names[0], False), part(names[1], True)
 
 
 def _quiet_coco(dataset: dict) -> COCO:

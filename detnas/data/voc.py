@@ -2,12 +2,15 @@
 
 The XML is found and parsed by torchvision's ``VOCDetection``; this module only maps its dicts to
 COCO fields. ``difficult`` objects become ``iscrowd: 1`` so that COCOeval ignores detections
-matched to them, as the VOC protocol does.
+matched to them, as the VOC protocol does. The classes are the 20 Pascal ones unless given: a
+dataset exported from a labelling tool in VOC layout names its own (or ``"auto"``: the names its
+XML files use, sorted).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 from xml.etree.ElementTree import ParseError
 from xml.etree.ElementTree import parse as parse_xml
 
@@ -42,27 +45,38 @@ def _open_set(root: Path, year: str, image_set: str) -> VOCDetection:
 
 
 def _box(obj: dict, xml: str) -> list[float]:
-    """VOC 1-based inclusive corners -> COCO [x, y, w, h] in 0-based continuous pixels."""
+    """VOC 1-based inclusive corners -> COCO [x, y, w, h] in 0-based continuous pixels.
+
+    A box whose max corner is not past its min corner (xmax <= xmin or ymax <= ymin) has no area to
+    learn from: it gets a width or height <= 0, so the split's ``bad_boxes`` policy sees it."""
     try:
         b = obj["bndbox"]
         xmin, ymin, xmax, ymax = (float(b[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{xml}: object '{obj.get('name')}' has no valid bndbox ({e!r})") from e
-    return [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+    w = xmax - xmin + 1 if xmax > xmin else xmax - xmin
+    h = ymax - ymin + 1 if ymax > ymin else ymax - ymin
+    return [xmin - 1, ymin - 1, w, h]
 
 
-def voc_to_coco(root: Path, sets: list[tuple[str, str]]) -> dict:
+def voc_to_coco(root: Path, sets: list[tuple[str, str]], *, classes: Sequence[str] | str | None = None) -> dict:
     """Merge VOC sets, e.g. ``[("2007", "trainval"), ("2012", "trainval")]``, into one COCO dict.
 
-    ``root`` is the ``VOCdevkit`` directory. Image ids are 1..N in listing order (unique across the
-    merged sets); ``file_name`` is relative to ``root`` (e.g. ``VOC2007/JPEGImages/000005.jpg``) and
-    ``detnas.image_roots`` is ``[root]``. An image listed twice across ``sets`` is a DataError.
-    The result is not yet validated: pass it through ``coco.validate_detection``.
+    ``root`` is the ``VOCdevkit`` directory. ``classes``: the class names, category id = position
+    + 1 (None: the 20 Pascal classes; "auto": every name the XML files use, sorted); an object of
+    another class is a DataError naming its XML file. Image ids are 1..N in listing order (unique
+    across the merged sets); ``file_name`` is relative to ``root`` (e.g.
+    ``VOC2007/JPEGImages/000005.jpg``), ``annotation_file`` its XML, and ``detnas.image_roots`` is
+    ``[root]``. An image listed twice across ``sets`` is a DataError. The result is not yet
+    validated: pass it through ``coco.validate_detection``.
     """
     root = Path(root).absolute()
     if not sets:
         raise ValueError("voc_to_coco: no (year, image_set) pairs given")
-    label = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
+    auto = classes == "auto"
+    names = list(VOC_CLASSES if classes is None else [] if auto else classes)
+    if not auto and (not names or len(set(names)) != len(names)):
+        raise ValueError(f"VOC classes must be a non-empty list of distinct names or 'auto', got {classes!r}")
     images: list[dict] = []
     annotations: list[dict] = []
     seen: dict[str, str] = {}
@@ -84,27 +98,39 @@ def voc_to_coco(root: Path, sets: list[tuple[str, str]]) -> dict:
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(f"{xml}: no valid <size> ({e!r})") from e
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-            for obj in ann.get("object", []):
+            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
+                           "annotation_file": Path(xml).relative_to(root).as_posix()})
+            objects = ann.get("object", [])
+            for obj in objects if isinstance(objects, list) else [objects]:
                 name = obj.get("name")
-                if name not in label:
-                    raise DataError(f"{xml}: unknown VOC class {name!r} (expected one of {VOC_CLASSES})")
+                if name not in names:
+                    if not auto:
+                        raise DataError(f"{xml}: unknown class {name!r} (the dataset's classes: {names}; "
+                                        f"set 'classes' on its detection_data entry, or 'classes: auto')")
+                    names.append(name)
                 x, y, w, h = _box(obj, xml)
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
                         "image_id": image_id,
-                        "category_id": label[name],
+                        "category_id": name,  # replaced by the id below, once the class list is complete
                         "bbox": [x, y, w, h],
-                        "area": w * h,
+                        "area": max(w, 0) * max(h, 0),
                         "iscrowd": int(str(obj.get("difficult", "0")).strip() == "1"),
                     }
                 )
+    if auto:
+        names = sorted(names)
+        if not names:
+            raise DataError(f"Pascal VOC {root} {sets}: 'classes: auto' found no objects to take class names from")
+    label = {name: i + 1 for i, name in enumerate(names)}
+    for a in annotations:
+        a["category_id"] = label[a["category_id"]]
     sources = ", ".join(f"VOC{y}/{s}" for y, s in sets)
     return {
         "info": {"description": f"Pascal VOC {sources}, converted by detnas"},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(VOC_CLASSES)],
+        "categories": [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(names)],
         "detnas": {"image_roots": [str(root)], "source": f"{root}: {sources}"},
     }

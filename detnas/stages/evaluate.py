@@ -48,9 +48,13 @@ def run_evaluate(
     arch = space.parse(meta["arch"])
     table = cost_table(space)
     cls = read_json(classifier_metrics)
-    with StageRun(**mlflow, params={"test_file": str(test_file), "primary_metric": primary_metric, **info}) as run:
+    with StageRun(**mlflow, params={"test_file": str(test_file), "primary_metric": primary_metric,
+                                    "classes": meta.get("category_names"), **info}) as run:
         t = time.perf_counter()
         data = DetectionImages.load(test_file)
+        if data.category_ids != meta["category_ids"]:
+            raise ValueError(f"{test_file}: category ids {data.category_ids} differ from those {detector} was trained "
+                             f"on ({meta['category_ids']}); evaluate on the test split of the same dataset")
         metrics = evaluate_detector(model, data, batch_size=batch_size, device=dist.device)
         seconds = time.perf_counter() - t
         final = {
@@ -63,6 +67,7 @@ def run_evaluate(
             "test_images": len(data),
             **metrics,
             "primary_metric": primary_metric,
+            "classes": [data.coco.cats[c]["name"] for c in data.category_ids],
             "top1": cls.get("top1"),
             "search_fitness": chosen.get("fitness"),
             "search_evaluations": chosen.get("evaluations"),

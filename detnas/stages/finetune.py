@@ -174,6 +174,7 @@ def run_finetune(
             save_checkpoint(
                 {"kind": "detector", "space": space.name, "arch": arch, "detector": detector_settings,
                  "num_classes": dataset.num_classes, "category_ids": dataset.category_ids,
+                 "category_names": [dataset.coco.cats[c]["name"] for c in dataset.category_ids],
                  "state_dict": unwrap(wrapped).state_dict()},
                 weights_out,
             )

@@ -22,17 +22,23 @@ from ..tracking import StageRun
 __all__ = ["run_split_classification", "run_split_detection"]
 
 
-def _load_part(sources: dict[str, Any], part: str, check_images: bool, threads: int) -> dict:
+def _load_part(sources: dict[str, Any], part: str, *, classes: list[str] | str | None, check_images: bool,
+               bad_boxes: str, threads: int) -> dict:
+    """One part (train or test) of a detection dataset, converted (VOC) and validated."""
     if sources["type"] == "voc":
         root = Path(sources["root"])
         sets = [(str(y), s) for y, s in sources[part]]
-        return validate_detection(voc_to_coco(root, sets), source=f"{root} {sets}", check_images=check_images,
-                                  threads=threads)
+        return validate_detection(voc_to_coco(root, sets, classes=classes), source=f"{root} {sets}",
+                                  check_images=check_images, bad_boxes=bad_boxes, threads=threads)
     entry = sources[part]
-    ann = Path(entry["annotations"])
-    # COCO 2017 train has a couple of zero-height boxes; drop those (with a note) rather than refuse
-    return prepare_detection(ann, [Path(p) for p in entry["images"]], check_images=check_images,
-                             drop_degenerate=True, threads=threads)
+    return prepare_detection(Path(entry["annotations"]), [Path(p) for p in entry["images"]],
+                             check_images=check_images, bad_boxes=bad_boxes, threads=threads)
+
+
+def _describe(sources: dict[str, Any], part: str) -> str:
+    if sources["type"] == "voc":
+        return f"{sources['root']} {sources[part]}"
+    return str(sources[part]["annotations"])
 
 
 def _count_or_fraction(size: float) -> int | float:
@@ -41,33 +47,66 @@ def _count_or_fraction(size: float) -> int | float:
 
 
 def _summary(d: dict) -> dict[str, int]:
-    per_cat = Counter(a["category_id"] for a in d["annotations"] if not a.get("iscrowd", 0))
-    return {"images": len(d["images"]), "annotations": len(d["annotations"]), "categories": len(per_cat)}
+    objects = [a for a in d["annotations"] if not a.get("iscrowd", 0)]
+    with_boxes = {a["image_id"] for a in objects}
+    return {"images": len(d["images"]), "annotations": len(d["annotations"]),
+            "categories": len({a["category_id"] for a in objects}),
+            "images_without_boxes": sum(img["id"] not in with_boxes for img in d["images"])}
+
+
+def _hold_out_test(train: dict, holdout: dict[str, Any]) -> tuple[dict, dict]:
+    """(rest, test): a seeded test set drawn from the training annotations, before the search split."""
+    rest, test = split_detection(train, size=_count_or_fraction(holdout["holdout"]), seed=holdout["seed"],
+                                 names=("train", "test"))
+    return rest, test
 
 
 def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict[str, Any], threads: int = 1) -> None:
     """Validate train/test of a detection dataset and split train; see the module docstring.
 
-    Every image is decoded once, on ``threads`` threads. Nothing is written unless both parts pass.
+    ``settings``: ``entry`` (its config key, for messages), ``sources`` (type, train, test, root;
+    ``test`` may be ``{"holdout": N, "seed": S}``: a test set drawn from the training annotations),
+    ``split``, ``check_images``, ``bad_boxes`` (drop | error), ``classes`` (VOC: names, or "auto":
+    those of the training XMLs, sorted). Every image is decoded once, on ``threads`` threads.
+    Nothing is written unless both parts pass.
     """
     sources, split = settings["sources"], settings["split"]
-    check = settings.get("check_images", True)
+    entry = settings.get("entry", "detection_data")
+    opts = {"check_images": settings.get("check_images", True), "bad_boxes": settings.get("bad_boxes", "drop"),
+            "threads": threads}
     with StageRun(**mlflow, params=settings) as run:
-        train = _load_part(sources, "train", check, threads)
-        test = _load_part(sources, "test", check, threads)
-        train_ids = {img["file_name"] for img in train["images"]}
-        overlap = train_ids & {img["file_name"] for img in test["images"]}
-        if overlap:
-            raise DataError(f"{len(overlap)} test images are also training images, e.g. {sorted(overlap)[:3]}")
+        train = _load_part(sources, "train", classes=settings.get("classes"), **opts)
+        dropped = train["detnas"]["dropped_boxes"]
+        if sources["type"] == "voc":
+            print(f"split: {len(train['categories'])} classes: {', '.join(c['name'] for c in train['categories'])}",
+                  flush=True)
+        if "holdout" in sources["test"]:
+            train, test = _hold_out_test(train, sources["test"])
+        else:
+            # the test set is converted with the training classes: a class only the test set has fails
+            test = _load_part(sources, "test", classes=[c["name"] for c in train["categories"]], **opts)
+            dropped += test["detnas"]["dropped_boxes"]
+            overlap = {img["file_name"] for img in train["images"]} & {img["file_name"] for img in test["images"]}
+            if overlap:
+                raise DataError(
+                    f"{entry}: {len(overlap)} test images are also training images (train: "
+                    f"{_describe(sources, 'train')}, test: {_describe(sources, 'test')}), e.g. {sorted(overlap)[:3]}; "
+                    f"to hold a test set out of one annotation file, set {entry}.test to {{holdout: N, seed: S}}"
+                )
         supernet_train, search_val = split_detection(train, size=_count_or_fraction(split["size"]), seed=split["seed"])
         parts = {"train": train, "supernet_train": supernet_train, "search_val": search_val, "test": test}
         metrics = {name: _summary(d) for name, d in parts.items()}
+        metrics["classes"] = [c["name"] for c in train["categories"]]
+        metrics["dropped_boxes"] = dropped
         for name, d in parts.items():
             write_json_atomic(d, Path(out_dir) / f"{name}.json", indent=None)
         write_json_atomic(metrics, Path(out_dir) / "split_metrics.json")
-        for name, m in metrics.items():
-            print(f"split: {name}: {m['images']} images, {m['annotations']} annotations", flush=True)
-        run.log_metrics({f"{n}_{k}": v for n, m in metrics.items() for k, v in m.items()}, 0)
+        for name in parts:
+            m = metrics[name]
+            print(f"split: {name}: {m['images']} images ({m['images_without_boxes']} without boxes), "
+                  f"{m['annotations']} annotations", flush=True)
+        print(f"split: {dropped} bad boxes dropped (bad_boxes: {opts['bad_boxes']})", flush=True)
+        run.log_metrics({"dropped_boxes": dropped, **{f"{n}_{k}": v for n in parts for k, v in metrics[n].items()}}, 0)
         run.log_artifacts(Path(out_dir) / "split_metrics.json")
 
 

@@ -42,8 +42,16 @@ def detection_sources(dataset):
         }
     if d["type"] == "coco":
         return {"type": "coco", "train": d["train"], "test": d["test"]}
-    return {"type": "voc", "root": d["root"], "train": [[str(y), s] for y, s in d["train"]],
-            "test": [[str(y), s] for y, s in d["test"]]}
+
+    def sets(part):  # a test set held out of train ({holdout, seed}) passes as it is
+        return d[part] if held_out(d, part) else [[str(y), s] for y, s in d[part]]
+
+    return {"type": "voc", "root": d["root"], "train": sets("train"), "test": sets("test")}
+
+
+def held_out(d, part):
+    """Whether ``part`` of detection dataset entry ``d`` is drawn from its training annotations."""
+    return isinstance(d[part], dict) and "holdout" in d[part]
 
 
 def detection_data_paths(dataset):
@@ -52,14 +60,15 @@ def detection_data_paths(dataset):
     where = f"detection_data.{dataset}"
     if d["type"] == "coco":
         paths = []
-        for part in ("train", "test"):
+        for part in ("train", "test")[:1 if held_out(d, "test") else 2]:
             paths.append((f"{where}.{part}.annotations", d[part]["annotations"], True))
             paths += [(f"{where}.{part}.images[{i}]", p, False) for i, p in enumerate(d[part]["images"])]
         return paths
     # VOC: an image set is the list ImageSets/Main/<set>.txt of its year
     return [(f"{where}.root", d["root"], False)] + [
         (f"{where}.{part}[{i}]", f"{d['root']}/VOC{year}/ImageSets/Main/{image_set}.txt", True)
-        for part in ("train", "test") for i, (year, image_set) in enumerate(d[part])]
+        for part in ("train", "test")[:1 if held_out(d, "test") else 2]
+        for i, (year, image_set) in enumerate(d[part])]
 
 
 def split_detection_input(w):
@@ -84,9 +93,10 @@ rule split_detection:
         metrics=f"{R}/data/detection/{{dataset}}/split_metrics.json",
     params:
         settings=lambda w: as_json({
+            "entry": f"detection_data.{w.dataset}",
             "sources": detection_sources(w.dataset),
-            "split": detection_data(w.dataset)["split"],
-            "check_images": detection_data(w.dataset)["check_images"],
+            **{k: detection_data(w.dataset)[k] for k in ("split", "check_images", "bad_boxes")},
+            "classes": detection_data(w.dataset).get("classes"),
         }),
         mlflow=lambda w: mlflow_run("data", "split", f"split {w.dataset}", w, dataset=w.dataset),
     log:
