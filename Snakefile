@@ -18,7 +18,8 @@ include: "workflow/rules/common.smk"
 # A configuration mistake stops here, before any job (also on `snakemake -n`): one line per problem,
 # starting with its key path, e.g. "experiments.coco_fpn.search.max_mflops: 1 admits no architecture ...".
 stop(schema_problems(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")))
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)  # fills in the defaults
+apply_paper_defaults(config)  # the fine-tuning schedule by detector and dataset, where none is set
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)  # fills in the other defaults
 stop(config_problems())
 
 

@@ -1,10 +1,11 @@
 """Evolutionary search and random search over a space, as pure functions of a scoring function, a
 feasibility check, settings and a random generator.
 
-The EA (paper Sec. 3.3; SPOS): the first generation is ``population`` random feasible
-architectures; every later generation is ``population // 2`` mutations (each gene redrawn with
-``mutation_prob``) of random top-``parents`` architectures, ``population // 2`` uniform crossovers
-of two random top-``parents`` architectures, topped up with random samples. The top-k are taken
+The EA (paper Sec. 3.3; the authors' ``arch_search_config.py``): the first generation is
+``population`` random feasible architectures; every later generation is ``mutations`` mutations
+(each gene redrawn with ``mutation_prob``) of random top-``parents`` architectures, ``crossovers``
+uniform crossovers of two random top-``parents`` architectures, and random architectures for the
+rest: 20 / 20 / 10 at population 50, the same proportions (40% / 40% / 20%) for other populations. The top-k are taken
 over every architecture scored so far. An infeasible architecture (FLOPs out of bounds) is rejected
 and re-drawn, and an architecture already scored is never scored again, in the same generation or
 a later one. Random search is the same loop with every generation drawn at random: the same number
@@ -29,15 +30,29 @@ __all__ = ["Candidate", "SearchSettings", "best", "run_search", "top"]
 _TRIES_PER_CANDIDATE = 100  # re-draws allowed per wanted candidate before giving up on that operator
 
 
+MUTATION_SHARE = CROSSOVER_SHARE = 0.4  # of each generation after the first (20 of 50 each)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
+    """``mutations`` / ``crossovers`` per generation: None takes 40% of ``population`` each."""
+
     population: int = 50
     parents: int = 10
     generations: int = 20
     mutation_prob: float = 0.1
     method: str = "evolution"  # or "random"
+    mutations: int | None = None
+    crossovers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.mutations is None:
+            object.__setattr__(self, "mutations", round(MUTATION_SHARE * self.population))
+        if self.crossovers is None:
+            object.__setattr__(self, "crossovers", round(CROSSOVER_SHARE * self.population))
+        if self.mutations < 0 or self.crossovers < 0 or self.mutations + self.crossovers > self.population:
+            raise ValueError(f"mutations ({self.mutations}) and crossovers ({self.crossovers}) must be >= 0 and "
+                             f"together at most the population ({self.population})")
         if self.method not in ("evolution", "random"):
             raise ValueError(f"search method must be 'evolution' or 'random', got {self.method!r}")
         if self.population < 2 or self.parents < 1 or self.generations < 1:
@@ -54,6 +69,7 @@ class Candidate:
     arch: str
     generation: int
     fitness: float
+    origin: str = "random"  # how the EA made it: random, mutation or crossover
 
 
 def top(history: Sequence[Candidate], k: int) -> list[Candidate]:
@@ -66,7 +82,8 @@ def best(history: Sequence[Candidate]) -> Candidate:
 
 
 def _draw(
-    n: int, make: Callable[[], Arch], feasible: Callable[[Arch], bool], seen: set[Arch], out: list[Arch]
+    n: int, make: Callable[[], Arch], origin: str, feasible: Callable[[Arch], bool], seen: set[Arch],
+    out: list[tuple[Arch, str]],
 ) -> None:
     """Append up to ``n`` new, feasible, unseen architectures from ``make`` to ``out``."""
     wanted = len(out) + n
@@ -77,7 +94,7 @@ def _draw(
         if arch in seen or not feasible(arch):
             continue
         seen.add(arch)
-        out.append(arch)
+        out.append((arch, origin))
 
 
 def _next_generation(
@@ -86,9 +103,10 @@ def _next_generation(
     history: Sequence[Candidate],
     feasible: Callable[[Arch], bool],
     rng: np.random.Generator,
-) -> list[Arch]:
+) -> list[tuple[Arch, str]]:
+    """The next generation's new architectures, each with its origin."""
     seen = {space.parse(c.arch) for c in history}
-    out: list[Arch] = []
+    out: list[tuple[Arch, str]] = []
     if settings.method == "evolution" and history:
         parents = [space.parse(c.arch) for c in top(history, settings.parents)]
 
@@ -99,9 +117,9 @@ def _next_generation(
             i, j = rng.choice(len(parents), size=2, replace=len(parents) < 2)
             return space.crossover(parents[i], parents[j], rng)
 
-        _draw(settings.population // 2, mutation, feasible, seen, out)
-        _draw(settings.population // 2, crossover, feasible, seen, out)
-    _draw(settings.population - len(out), lambda: space.sample(rng), feasible, seen, out)
+        _draw(settings.mutations, mutation, "mutation", feasible, seen, out)
+        _draw(settings.crossovers, crossover, "crossover", feasible, seen, out)
+    _draw(settings.population - len(out), lambda: space.sample(rng), "random", feasible, seen, out)
     return out
 
 
@@ -134,10 +152,10 @@ def run_search(
         if not candidates:
             print(f"search: generation {generation}: no new feasible architecture left; stopping", flush=True)
             break
-        fitness = score(candidates)
+        fitness = score([a for a, _ in candidates])
         if len(fitness) != len(candidates):
             raise RuntimeError(f"score returned {len(fitness)} values for {len(candidates)} candidates")
-        history += [Candidate(str(a), generation, float(f)) for a, f in zip(candidates, fitness)]
+        history += [Candidate(str(a), generation, float(f), origin) for (a, origin), f in zip(candidates, fitness)]
         if on_generation is not None:
             on_generation({
                 "space": space.name,

@@ -177,3 +177,19 @@ def test_real_annotation_files_are_inputs_of_the_split(tmp_path):
     shutil.rmtree(data / "test")
     _tiny_coco(data, "test", 4)
     assert planned(wd, target) == {"split_detection": 1}
+
+
+def test_paper_schedule_by_detector_and_dataset(tmp_path):
+    """An experiment without `finetune.schedule` gets the paper's for its detector and dataset."""
+    wd = make_workdir(tmp_path, ROOT / "config" / "config.yaml")
+    out = snakemake(wd, "-n", "-p", *[f"results/{e}/supernet_pretrained/supernet.pt"
+                                      for e in ("coco_fpn", "coco_retinanet", "voc_fpn", "voc_retinanet", "shapes_fpn")])
+    schedules = {}
+    for m in re.finditer(r"finetune --settings '(\{.*?\})' .*?--curves results/(\w+)/supernet_pretrained", out.stdout):
+        schedules[m.group(2)] = json.loads(m.group(1))["schedule"]
+    paper = {"policy": "step", "warmup_iterations": 500, "warmup_factor": 0.001, "weight_decay": 1.0e-4}
+    assert schedules["coco_fpn"] == {**paper, "iterations": 90000, "lr": 0.02, "milestones": [60000, 80000]}
+    assert schedules["coco_retinanet"] == {**paper, "iterations": 90000, "lr": 0.01, "milestones": [60000, 80000]}
+    assert schedules["voc_fpn"] == {**paper, "iterations": 22500, "lr": 0.02, "milestones": [15000, 20000]}
+    assert schedules["voc_retinanet"] == {**paper, "iterations": 22500, "lr": 0.01, "milestones": [15000, 20000]}
+    assert schedules["shapes_fpn"]["iterations"] == 500  # an experiment's own schedule stays

@@ -1,6 +1,7 @@
 """The search algorithm (pure, synthetic fitness) and the search stage (kill/resume, two ranks)."""
 
 import json
+from collections import Counter
 import signal
 import subprocess
 import sys
@@ -197,3 +198,29 @@ def test_two_ranks_score_every_candidate_once(search_inputs, tmp_path):
     run_detnas(*search_args(search_inputs, single))
     # scores do not depend on which rank computed them: the same search, the same choice
     assert json.loads((tmp_path / "arch.json").read_text())["arch"] == json.loads((single / "arch.json").read_text())["arch"]
+
+
+def test_generation_mix_is_the_authors_20_20_10_at_population_50():
+    space = get_space("small")
+    fitness, _ = additive(space, 1)
+    table = cost_table(space)
+    feasible = lambda a: table.backbone_macs(a) <= 300e6  # noqa: E731
+    history = search(space, fitness, SearchSettings(population=50, parents=10, generations=4), 0, feasible)
+    assert len(history) == 200 and len({c.arch for c in history}) == 200  # no duplicates, within or across
+    assert all(table.backbone_macs(space.parse(c.arch)) <= 300e6 for c in history)
+    origins = Counter((c.generation, c.origin) for c in history)
+    assert origins[(0, "random")] == 50
+    for g in (1, 2, 3):
+        assert (origins[(g, "mutation")], origins[(g, "crossover")], origins[(g, "random")]) == (20, 20, 10)
+
+
+def test_generation_mix_as_settings_and_proportions():
+    s = SearchSettings(population=20)
+    assert (s.mutations, s.crossovers) == (8, 8)  # 40% each, random the remaining 20%
+    assert (SearchSettings(population=50).mutations, SearchSettings(population=50).crossovers) == (20, 20)
+    space = get_space("small")
+    fitness, _ = additive(space, 2)
+    history = search(space, fitness, SearchSettings(population=10, parents=3, generations=2, mutations=7, crossovers=0), 0)
+    assert Counter(c.origin for c in history if c.generation == 1) == {"mutation": 7, "random": 3}
+    with pytest.raises(ValueError, match="together at most the population"):
+        SearchSettings(population=10, mutations=6, crossovers=5)

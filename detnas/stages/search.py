@@ -53,6 +53,8 @@ class StageSearchSettings:
     parents: int = 10
     generations: int = 20
     mutation_prob: float = 0.1
+    mutations: int | None = None  # per generation; None: 40% of the population (20 of 50)
+    crossovers: int | None = None  # likewise; random architectures fill the rest
     max_mflops: float | None = 300
     min_mflops: float | None = None
     recalibration_images: int = 500
@@ -68,8 +70,9 @@ class StageSearchSettings:
         return s
 
     def algorithm(self) -> SearchSettings:
-        return SearchSettings(self.population, self.parents, self.generations, self.mutation_prob,
-                              "random" if self.method == "random" else "evolution")
+        return SearchSettings(population=self.population, parents=self.parents, generations=self.generations,
+                              mutation_prob=self.mutation_prob, method="random" if self.method == "random" else "evolution",
+                              mutations=self.mutations, crossovers=self.crossovers)
 
 
 def _candidate_seed(seed: int, arch: Arch) -> int:
@@ -330,7 +333,7 @@ def _lead(
                              f"[{s.min_mflops}, {s.max_mflops}] M")
         chosen = best(history)
         arch = space.parse(chosen.arch)
-        rows = [{**log.known[c.arch], "generation": c.generation} for c in history]
+        rows = [{**log.known[c.arch], "generation": c.generation, "origin": c.origin} for c in history]
         seconds = [r["seconds"] for r in rows if r.get("seconds") is not None]
         result = {
             "method": s.method,
@@ -362,7 +365,7 @@ def _generation_metrics(history: list[Candidate], population: int) -> dict[str, 
 
 
 def _write_history(rows: list[dict[str, Any]], path: Path) -> None:
-    keys = ["generation", "arch", "mflops", "fitness", "seconds", "rank"]
+    keys = ["generation", "origin", "arch", "mflops", "fitness", "seconds", "rank"]
     extra = sorted({k for r in rows for k in r if k.startswith("metric_")})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys + extra, extrasaction="ignore")

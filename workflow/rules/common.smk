@@ -166,10 +166,35 @@ def config_problems():
         s = e["search"]
         if s["parents"] > s["population"]:
             problems.append(f"{where}.search.parents: {s['parents']} is more than the population ({s['population']})")
+        bred = (s["mutations"] or 0) + (s["crossovers"] or 0)
+        if bred > s["population"]:
+            problems.append(f"{where}.search.mutations: {s['mutations']} mutations and {s['crossovers']} crossovers "
+                            f"are more than the population ({s['population']})")
     if config["demo_experiment"] not in config["experiments"]:
         problems.append(f"demo_experiment = {config['demo_experiment']!r} is not an experiment"
                         f" (known: {', '.join(config['experiments'])})")
     return problems
+
+
+# The paper's fine-tuning schedule of an experiment that sets none, by detector and dataset (Sec. 4):
+# COCO 90k iterations, lr /10 at 60k and 80k; VOC 22.5k, /10 at 15k and 20k; lr 0.02 for Faster
+# R-CNN + FPN, 0.01 for RetinaNet; 500 warm-up iterations; weight decay 1e-4.
+PAPER_ITERATIONS = {"coco": (90000, [60000, 80000]), "voc": (22500, [15000, 20000])}
+PAPER_LR = {"faster_rcnn_fpn": 0.02, "retinanet": 0.01}
+
+
+def apply_paper_defaults(config):
+    """Give each experiment without `finetune.schedule` the paper's schedule for its detector and
+    dataset (synthetic data counts as COCO). Runs before the schema fills in the other defaults."""
+    for e in config.get("experiments", {}).values():
+        finetune = e.setdefault("finetune", {})
+        if not isinstance(finetune, dict) or "schedule" in finetune:
+            continue
+        data = config.get("detection_data", {}).get(e.get("data"), {})
+        iterations, milestones = PAPER_ITERATIONS.get(data.get("type"), PAPER_ITERATIONS["coco"])
+        lr = PAPER_LR.get((e.get("detector") or {}).get("name", "faster_rcnn_fpn"), PAPER_LR["faster_rcnn_fpn"])
+        finetune["schedule"] = {"iterations": iterations, "lr": lr, "policy": "step", "milestones": milestones,
+                                "warmup_iterations": 500, "warmup_factor": 0.001, "weight_decay": 1.0e-4}
 
 
 def _split_size_problems(where, size, n):
