@@ -187,3 +187,14 @@ def test_bad_settings_fail_with_a_clear_message(cls_split, tmp_path):
     bad = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "policy": "cosine"}}
     proc = run_detnas(*pretrain_args(cls_split, tmp_path, bad), check=False)
     assert proc.returncode == 2 and "schedule policy must be 'linear' or 'step', got 'cosine'" in proc.stderr
+
+
+def test_final_networks_train_on_the_holdout_too(cls_split, tmp_path):
+    """The supernet leaves ClsNAS's held-out images out; a retrained network uses every training image."""
+    short = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 2}}
+    run_detnas(*pretrain_args(cls_split, tmp_path / "supernet", short))
+    run_detnas(*pretrain_args(cls_split, tmp_path / "net", short, extra=("--arch", "01230123")))
+    held = len(json.loads(cls_split.read_text())["holdout"])
+    supernet = json.loads((tmp_path / "supernet" / "metrics.json").read_text())["images"]
+    net = json.loads((tmp_path / "net" / "metrics.json").read_text())["images"]
+    assert net == 96 and supernet == net - held == 80

@@ -70,9 +70,10 @@ def run_pretrain(
     threads: int,
     device: str = "auto",
 ) -> None:
-    """Train on the classification split's training part (its ``holdout`` images excluded).
+    """Train on the classification split's training images.
 
-    ``arch`` None: the supernet, one uniformly sampled path per iteration; else a ``SinglePathNet``
+    ``arch`` None: the supernet, one uniformly sampled path per iteration, without the split's
+    ``holdout`` images (ClsNAS's fitness); else a ``SinglePathNet`` on every training image
     of that architecture, evaluated for top-1 on ``val_root`` (default: the split's validation
     folder) at the end.
     """
@@ -91,10 +92,12 @@ def run_pretrain(
         model = SinglePathNet(space, fixed, num_classes=len(classes), dropout=cfg.dropout)
     model.to(dist.device)
 
+    # the supernet leaves ClsNAS's held-out images alone (they score its paths); a final network
+    # trains on the whole training set, as the paper's do
     dataset = ClassificationDataset(
         Path(split["root"]),
         transform=classification_transforms(train=True, image_size=cfg.image_size),
-        exclude=set(split["holdout"]),
+        exclude=set(split["holdout"]) if fixed is None else None,
     )
     optimizer = make_sgd(model, cfg.schedule)
     checkpointer = Checkpointer(
