@@ -35,6 +35,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/retrain.smk"
+include: "workflow/rules/random_archs.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/selfcheck.smk"
 
@@ -53,4 +54,4 @@ rule unknown_method:
     output:
         f"{R}/{{experiment}}/{{method}}/final.json",
     wildcard_constraints:
-        method=rf"(?!(?:{'|'.join(m for m in METHODS if m != 'detnas')})\b)[A-Za-z0-9_]+",
+        method=rf"(?!(?:{'|'.join(m for m in METHODS if m != 'detnas')}|random_arch_[0-9]+)\b)[A-Za-z0-9_]+",

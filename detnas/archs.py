@@ -1,12 +1,17 @@
-"""The architectures published with DetNAS, as data: name -> (space, encoding)."""
+"""The architectures published with DetNAS, as data: name -> (space, encoding); and the paper's
+FLOPs-matched hand-crafted baselines: name -> (space, budget), their width found by ``flops.match_width``."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from functools import lru_cache
+from typing import TYPE_CHECKING, NamedTuple
 
 from .space import Arch, SearchSpace, get_space
 
-__all__ = ["PUBLISHED", "Published", "get_published"]
+if TYPE_CHECKING:
+    from .flops import WidthMatch
+
+__all__ = ["PUBLISHED", "SCALED_BASELINES", "Published", "ScaledBaseline", "get_published", "scaled_shufflenetv2"]
 
 
 class Published(NamedTuple):
@@ -42,3 +47,26 @@ def get_published(name: str) -> tuple[SearchSpace, Arch]:
         ) from None
     space = get_space(entry.space)
     return space, space.parse(entry.encoding)
+
+
+class ScaledBaseline(NamedTuple):
+    space: str  # the preset whose all-3x3 path is widened
+    mflops: float  # the backbone budget it is scaled to (MACs / 1e6 at 224x224)
+    description: str
+
+
+# The paper's hand-crafted baselines: every block choice 0, every channel count times one factor.
+SCALED_BASELINES: dict[str, ScaledBaseline] = {
+    "shufflenetv2_20_300m": ScaledBaseline("small", 300, "ShuffleNetV2-20 (scaled to 300M)"),
+    "shufflenetv2_40_1300m": ScaledBaseline("large", 1300, "ShuffleNetV2-40 (scaled to 1300M, DetNASNet's budget)"),
+}
+
+
+@lru_cache(maxsize=32)
+def scaled_shufflenetv2(space: str | SearchSpace, mflops: float) -> "WidthMatch":
+    """The all-3x3 ShuffleNetV2 of preset ``space`` widened to ``mflops`` backbone MFLOPs (within 2%,
+    at or under when the channel rounding allows). ValueError names the budget when 2% is out of reach."""
+    from .flops import match_width  # torch: imported when a width is searched, not by `archs` users
+
+    base = get_space(space) if isinstance(space, str) else space
+    return match_width(base, base.uniform(0), mflops * 1e6, tolerance=0.02)

@@ -15,29 +15,45 @@ __all__ = ["main"]
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from .archs import PUBLISHED, get_published
-    from .flops import cost_table
-    from .space import get_space
+    from .archs import PUBLISHED, SCALED_BASELINES, get_published, scaled_shufflenetv2
+    from .flops import cost_table, match_width
+    from .space import get_space, split_space_name
 
     rows = []
-    if args.arch is not None:
+    if args.arch is not None or args.scale_to is not None:
         space = get_space(args.space)
-        rows.append(("(given)", space, space.parse(args.arch)))
+        arch = space.parse(args.arch) if args.arch is not None else space.uniform(0)
+        label = "(given)" if args.arch is not None else "shufflenetv2"
+        rows.append((label, space, arch))
+        if args.scale_to is not None:
+            match = match_width(space, arch, args.scale_to * 1e6)
+            rows.append((f"{label} @{args.scale_to:g}M", match.space, match.arch))
     else:
-        names = args.name or list(PUBLISHED)
-        for name in names:
-            space, arch = get_published(name)
-            rows.append((name, space, arch))
-    print(f"{'name':<22} {'space':<11} {'architecture':<41} {'MACs (M)':>9} {'backbone params (M)':>20} {'cls params (M)':>15}")
+        for name in args.name or [*PUBLISHED, *SCALED_BASELINES]:
+            if name in SCALED_BASELINES:
+                entry = SCALED_BASELINES[name]
+                match = scaled_shufflenetv2(entry.space, entry.mflops)
+                rows.append((name, match.space, match.arch))
+            elif name in PUBLISHED:
+                rows.append((name, *get_published(name)))
+            else:
+                raise ValueError(f"unknown architecture name {name!r}; known: {', '.join([*PUBLISHED, *SCALED_BASELINES])}")
+    print(f"{'name':<22} {'space':<18} {'width':>6} {'architecture':<41} {'MACs (M)':>9} {'backbone params (M)':>20} "
+          f"{'cls params (M)':>15}")
     for name, space, arch in rows:
         table = cost_table(space, args.input_size)
         print(
-            f"{name:<22} {space.name:<11} {str(arch):<41} {table.backbone_macs(arch) / 1e6:9.1f} "
-            f"{table.backbone_params(arch) / 1e6:20.2f} {table.classifier_params(arch) / 1e6:15.2f}"
+            f"{name:<22} {space.name:<18} {split_space_name(space.name)[1]:6.4f} {str(arch):<41} "
+            f"{table.backbone_macs(arch) / 1e6:9.1f} {table.backbone_params(arch) / 1e6:20.2f} "
+            f"{table.classifier_params(arch) / 1e6:15.2f}"
         )
-    if args.arch is None and not args.name:
+    if args.arch is None and args.scale_to is None and not args.name:
         import numpy as np
 
+        print()
+        for name, entry in SCALED_BASELINES.items():
+            print(f"{name}: {entry.description}: every channel count of space {entry.space!r} times "
+                  f"{scaled_shufflenetv2(entry.space, entry.mflops).factor:.4f}")
         rng = np.random.default_rng(0)
         for space_name in ("small", "large", "large_x1.8"):
             space = get_space(space_name)
@@ -57,12 +73,18 @@ def _add_flops(sub: argparse._SubParsersAction) -> None:
         "flops",
         help="backbone MACs (224x224, stem + searchable blocks) and params of architectures",
         description="Backbone MACs at 224x224 (conv/linear multiply-accumulates of the stem and the "
-        "searchable blocks, the paper's FLOPs convention) and parameter counts. Without --arch, "
-        "prints the published architectures.",
+        "searchable blocks, the paper's FLOPs convention) and parameter counts. Without --arch or --scale-to, "
+        "prints the published architectures and the hand-crafted ShuffleNetV2-20/-40 scaled to 300M/1300M; "
+        "`width` is the factor on every channel count of the preset space (a space 'small@w1.0703').",
     )
-    p.add_argument("--space", default="small", help="search space preset (tiny, small, large, large_x1.8)")
+    p.add_argument("--space", default="small",
+                   help="search space: a preset (tiny, small, large, large_x1.8) or a width-scaled one, e.g. small@w1.0703")
     p.add_argument("--arch", help="architecture encoding, one digit 0-3 per block")
-    p.add_argument("--name", action="append", help="a published architecture by name (repeatable)")
+    p.add_argument("--scale-to", type=float, metavar="MFLOPS",
+                   help="also widen --arch (default: the all-3x3 ShuffleNetV2 path) of the preset --space to "
+                   "this many backbone MFLOPs (within 2%%)")
+    p.add_argument("--name", action="append",
+                   help="a published architecture or scaled baseline by name (repeatable)")
     p.add_argument("--input-size", type=int, default=224)
     p.set_defaults(func=_flops)
 
@@ -123,15 +145,27 @@ def _arch_arg(p: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--arch-file", type=Path, help="the same, read from a chosen-architecture JSON (key 'arch')")
 
 
-def _arch(args: argparse.Namespace) -> str | None:
-    if getattr(args, "arch_file", None) is not None:
-        from .io import read_json
+def _arch(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The architecture of --arch / --arch-file, and the stage's settings for it. An arch file's
+    ``space`` (e.g. the width-scaled "small@w1.0703" of a FLOPs-matched baseline) replaces the
+    settings' space, which must be it or its preset: the file is what was chosen, the config only
+    names the preset."""
+    if getattr(args, "arch_file", None) is None:
+        return args.arch, args.settings
+    from .io import read_json
+    from .space import space_of_arch
 
-        data = read_json(args.arch_file)
-        if "arch" not in data:
-            raise ValueError(f"{args.arch_file}: no 'arch' key")
-        return str(data["arch"])
-    return args.arch
+    data = read_json(args.arch_file)
+    if "arch" not in data:
+        raise ValueError(f"{args.arch_file}: no 'arch' key")
+    settings = args.settings
+    if "space" in data and isinstance(settings, dict):
+        try:
+            space = space_of_arch(str(data["space"]), settings.get("space"))
+        except ValueError as exc:
+            raise ValueError(f"{args.arch_file}: {exc}") from None
+        settings = {**settings, "space": space.name}
+    return str(data["arch"]), settings
 
 
 def _synthesize(args: argparse.Namespace) -> int:
@@ -190,9 +224,10 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from .stages.pretrain import run_pretrain
 
+    arch, settings = _arch(args)
     run_pretrain(
-        args.settings, split_file=args.split, weights_out=args.weights, metrics_out=args.metrics,
-        curves_out=args.curves, checkpoint_dir=args.checkpoint_dir, arch=_arch(args), val_root=args.val,
+        settings, split_file=args.split, weights_out=args.weights, metrics_out=args.metrics,
+        curves_out=args.curves, checkpoint_dir=args.checkpoint_dir, arch=arch, val_root=args.val,
         mlflow=args.mlflow, threads=args.threads, device=args.device,
     )
     return 0
@@ -215,8 +250,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from .stages.finetune import run_finetune
 
+    arch, settings = _arch(args)
     run_finetune(
-        args.settings, train_file=args.train, init=args.init, arch=_arch(args), weights_out=args.weights,
+        settings, train_file=args.train, init=args.init, arch=arch, weights_out=args.weights,
         metrics_out=args.metrics, curves_out=args.curves, checkpoint_dir=args.checkpoint_dir,
         mlflow=args.mlflow, threads=args.threads, device=args.device,
     )
@@ -267,29 +303,42 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _fixed_arch(args: argparse.Namespace) -> int:
-    from .flops import cost_table
+    from .flops import cost_table, match_width
     from .io import write_json_atomic
-    from .space import get_space
+    from .space import get_space, split_space_name
 
     space = get_space(args.space)
     arch = space.uniform(args.uniform) if args.arch is None else space.parse(args.arch)
+    if args.scale_to is not None:
+        match = match_width(space, arch, args.scale_to * 1e6)  # within 2% of the budget, or ValueError
+        space, arch = match.space, match.arch
     table = cost_table(space)
-    result = {"method": args.method, "arch": str(arch), "space": space.name, "fitness": None,
+    base, factor = split_space_name(space.name)
+    result = {"method": args.method, "arch": str(arch), "space": space.name, "base_space": base,
+              "width_factor": factor, "scaled_to_mflops": args.scale_to, "fitness": None,
               "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
               "evaluations": 0}
     write_json_atomic(result, args.out)
-    print(f"{args.method}: {arch} ({result['mflops']:.1f} MFLOPs), no search")
+    width = f", every channel of {base!r} x{factor:.4f}" if factor != 1.0 else ""
+    print(f"{args.method}: {arch} of space {space.name} ({result['mflops']:.1f} MFLOPs{width}), no search")
+    if args.scale_to is not None:
+        print(f"scaled to {args.scale_to:g} MFLOPs: {result['mflops'] / args.scale_to - 1:+.2%}")
     return 0
 
 
 def _add_fixed_arch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fixed-arch", help="write a chosen-architecture file without searching (hand-crafted baselines)",
                        description="Write an arch.json as a search would, for an architecture you choose (e.g. the "
-                       "hand-crafted ShuffleNetV2: every block choice 0), so it can be retrained and evaluated.")
+                       "hand-crafted ShuffleNetV2: every block choice 0), so it can be retrained and evaluated. With "
+                       "--scale-to, every channel count is multiplied by the one factor that brings the backbone to "
+                       "that budget (within 2%, at or under it where the rounding allows); the file's space is then the "
+                       "width-scaled one (e.g. small@w1.0703) and the retraining stages build that.")
     p.add_argument("--space", required=True)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--arch", help="architecture encoding")
     group.add_argument("--uniform", type=int, choices=range(4), help="every block this choice (0: ShuffleNetV2)")
+    p.add_argument("--scale-to", type=float, metavar="MFLOPS",
+                   help="widen the network to this many backbone MFLOPs (224x224, stem + blocks); default: unscaled")
     p.add_argument("--method", required=True, help="name of the baseline, e.g. shufflenetv2")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_fixed_arch)
@@ -307,17 +356,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="COCO metrics of a retrained detector on the test split -> final.json",
-                       description="Score a retrained detector on the test split with COCOeval and write final.json: "
-                       "the architecture, its MFLOPs and params, AP..APl, the primary metric and the top-1 of its "
-                       "classifier.")
+    p = sub.add_parser("evaluate", help="COCO (and VOC) metrics of a retrained detector on the test split -> final.json",
+                       description="Score a retrained detector on the test split with COCOeval (and, for a VOC primary "
+                       "metric, the PASCAL VOC AP per class) and write final.json: the architecture, its MFLOPs and "
+                       "params, AP..APl (null where no box of that size exists), the primary metric's name and value, "
+                       "and the top-1 of its classifier.")
     p.add_argument("--detector", type=Path, required=True)
     p.add_argument("--test", type=Path, required=True, help="test annotations (internal COCO-style JSON)")
     p.add_argument("--arch-file", type=Path, required=True, help="the chosen architecture (search output)")
     p.add_argument("--classifier-metrics", type=Path, required=True, help="metrics.json of the retrained classifier")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--info", type=_json_arg, default={}, help="experiment, method, dataset, detector (JSON)")
-    p.add_argument("--primary", default="AP", help="the headline metric: AP (COCO) or AP50 (VOC)")
+    p.add_argument("--primary", default="AP",
+                   help="the headline metric: AP (COCO mmAP) or mAP50_voc07 (VOC: the VOC 2007 11-point AP at IoU 0.5, "
+                   "difficult objects ignored; also computes mAP50_voc12, the area variant, and the per-class APs); "
+                   "any of AP, AP50, AP75, APs, APm, APl, mAP50_voc07, mAP50_voc12")
     p.add_argument("--batch-size", type=int, default=8)
     _stage_args(p, settings=False, compute=True)
     p.set_defaults(func=_evaluate)
@@ -328,7 +381,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     histories = dict(h.split("=", 1) for h in args.history)
     run_compare(finals=args.final, histories={k: Path(v) for k, v in histories.items()}, csv_out=args.csv,
-                png_out=args.png, experiment=args.experiment, mlflow=args.mlflow)
+                png_out=args.png, experiment=args.experiment, mlflow=args.mlflow, random_archs=args.random_archs)
     return 0
 
 
@@ -339,10 +392,80 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", required=True)
     p.add_argument("--final", type=Path, nargs="+", required=True, help="final.json of each method")
     p.add_argument("--history", nargs="*", default=[], help="METHOD=history.csv of searches to plot")
+    p.add_argument("--random-archs", type=Path, help="summary.json of the random architectures: one row, mean +- std")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--png", type=Path, required=True)
     _stage_args(p, settings=False)
     p.set_defaults(func=_compare)
+
+
+def _random_arch(args: argparse.Namespace) -> int:
+    from .flops import cost_table
+    from .io import write_json_atomic
+    from .search import random_architectures
+    from .space import get_space
+
+    space = get_space(args.space)
+    table = cost_table(space)
+    lo = -float("inf") if args.min_mflops is None else args.min_mflops * 1e6
+    hi = float("inf") if args.max_mflops is None else args.max_mflops * 1e6
+    if not 1 <= args.index <= args.count:
+        raise ValueError(f"--index must be in 1..{args.count}, got {args.index}")
+    arch = random_architectures(space, args.count, lambda a: lo <= table.backbone_macs(a) <= hi, args.seed)[args.index - 1]
+    result = {"method": f"random_arch_{args.index}", "arch": str(arch), "space": space.name, "fitness": None,
+              "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
+              "evaluations": 0, "random_archs": {"index": args.index, "count": args.count, "seed": args.seed}}
+    write_json_atomic(result, args.out)
+    print(f"random architecture {args.index} of {args.count} (seed {args.seed}): {arch} ({result['mflops']:.1f} MFLOPs)")
+    return 0
+
+
+def _add_random_arch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("random-arch", help="the i-th of N random architectures under the FLOPs bounds (Table 5's baseline)",
+                       description="Draw N distinct architectures uniformly from the space under the FLOPs bounds "
+                       "(seeded: the same seed gives the same N) and write the --index-th as an arch.json, to be "
+                       "retrained and evaluated like a searched one.")
+    p.add_argument("--space", required=True)
+    p.add_argument("--index", type=int, required=True, help="which one, 1..count")
+    p.add_argument("--count", type=int, required=True, help="how many are drawn (the paper: 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-mflops", type=float, help="upper bound on backbone MACs at 224x224, in millions")
+    p.add_argument("--min-mflops", type=float, help="lower bound")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_random_arch)
+
+
+def _random_archs_summary(args: argparse.Namespace) -> int:
+    from .stages.compare import run_random_archs_summary
+
+    run_random_archs_summary(finals=args.final, out=args.out, experiment=args.experiment, mlflow=args.mlflow)
+    return 0
+
+
+def _add_random_archs_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("random-archs-summary", help="mean, std, min, max of the random architectures' final.json",
+                       description="Summarize the retrained random architectures of an experiment (the paper's "
+                       "'Random (20 nets)': mean +- std of every metric) into summary.json.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--final", type=Path, nargs="+", required=True, help="final.json of each random architecture")
+    p.add_argument("--out", type=Path, required=True)
+    _stage_args(p, settings=False)
+    p.set_defaults(func=_random_archs_summary)
+
+
+def _primary_metric(df: Any, root: Path, table: Path) -> str:
+    """The experiment's primary metric: comparison.csv's ``primary_metric`` column, else the DetNAS
+    final.json's field (tables written before the column existed), else COCO's AP."""
+    if "primary_metric" in df:
+        names = sorted(set(df["primary_metric"].dropna()))
+        if len(names) > 1:
+            raise ValueError(f"{table}: the methods have different primary metrics {names}; evaluate them again")
+        if names:
+            return str(names[0])
+    final = root / "final.json"
+    if final.is_file():
+        return str(json.loads(final.read_text()).get("primary_metric") or "AP")
+    return "AP"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -363,10 +486,22 @@ def _report(args: argparse.Namespace) -> int:
     from .formatting import fmt_number
 
     df = pd.read_csv(table, dtype={"arch": str})
-    shown = df[["method", "arch", "mflops", "AP", "AP50", "APs", "APm", "APl", "top1"]]
-    print(f"\n{experiment}: test-split COCO metrics of the retrained architectures, backbone MFLOPs at 224x224, "
-          f"classification top-1\n")
-    print(shown.to_string(index=False, float_format=fmt_number))
+    primary = _primary_metric(df, root, table)
+    # the primary metric first, by its name; then the COCOeval figures (and the other VOC one) it is not
+    values = df[primary] if primary in df else pd.Series(float("nan"), index=df.index)
+    if "primary_value" in df:  # a row without it (e.g. a summary row) falls back to the named column
+        values = df["primary_value"].fillna(values)
+    extra = [c for c in ("mAP50_voc07", "mAP50_voc12", "AP", "AP50", "APs", "APm", "APl") if c in df and c != primary]
+    shown = pd.concat([df[["method", "arch", "mflops"]], pd.DataFrame({primary: values}, index=df.index),
+                       df[[*extra, "top1"]]], axis=1)
+    print(f"\n{experiment}: test-split metrics of the retrained architectures (primary: {primary}), backbone MFLOPs "
+          f"at 224x224, classification top-1\n")
+    shown = shown.astype(object)
+    for col in shown.columns[2:]:  # the random architectures' row: mean +- std
+        std = df.get("primary_value_std" if col == primary else f"{col}_std")
+        for i in [] if std is None else df.index[std.notna()]:
+            shown.loc[i, col] = f"{fmt_number(shown.loc[i, col])} +- {fmt_number(std[i])}"
+    print(shown.map(lambda v: fmt_number(v) if isinstance(v, float) else v).to_string(index=False))
     print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png)")
     print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
     print(f"logs:        {args.results.resolve()}/logs/")
@@ -409,6 +544,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_search,
     _add_fixed_arch,
     _add_evaluate,
+    _add_random_arch,
+    _add_random_archs_summary,
     _add_compare,
     _add_report,
     _add_selfcheck,

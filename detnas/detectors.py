@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -106,6 +106,27 @@ def _faster_rcnn_fpn(body: _Skeleton, num_classes: int, s: DetectorSettings) -> 
     )
 
 
+class _RetinaNet(RetinaNet):
+    """torchvision's RetinaNet that never reports label 0.
+
+    Our labels are 1..K, so the head has K + 1 sigmoid logits and logit 0 is only ever trained as a
+    negative. Unlike Faster R-CNN's softmax (whose background column torchvision drops), RetinaNet's
+    post-processing reports every logit above ``score_thresh``: a class-0 score there would be a
+    "background" detection, taking one of the top-k and ``detections_per_img`` places. Its logit is
+    masked before the selection instead, so the other classes keep every place.
+    """
+
+    def postprocess_detections(
+        self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        masked = []
+        for logits in head_outputs["cls_logits"]:  # per level: (N, H*W*A, K + 1)
+            logits = logits.clone()
+            logits[..., 0] = float("-inf")  # sigmoid(-inf) = 0, never above score_thresh
+            masked.append(logits)
+        return super().postprocess_detections({**head_outputs, "cls_logits": masked}, anchors, image_shapes)
+
+
 def _retinanet(body: _Skeleton, num_classes: int, s: DetectorSettings) -> RetinaNet:
     names = body.stage_names[1:]  # C3..C5
     backbone = BackboneWithFPN(
@@ -122,9 +143,9 @@ def _retinanet(body: _Skeleton, num_classes: int, s: DetectorSettings) -> Retina
         tuple((a, a * 2 ** (1 / 3), a * 2 ** (2 / 3)) for a in sizes), (s.aspect_ratios,) * len(sizes)
     )
     head = RetinaNetHead(s.fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
-    return RetinaNet(
+    return _RetinaNet(
         backbone,
-        num_classes=num_classes + 1,  # labels are 1..K; 0 is never a foreground class
+        num_classes=num_classes + 1,  # labels are 1..K; 0 is never a foreground class (nor reported)
         min_size=s.min_size,
         max_size=s.max_size,
         anchor_generator=anchors,

@@ -21,6 +21,7 @@ __all__ = [
     "COCO_METRICS",
     "DetectionImages",
     "coco_box_metrics",
+    "detect",
     "detection_results",
     "evaluate_detector",
     "top1_accuracy",
@@ -73,7 +74,13 @@ class DetectionImages:
 
 
 def detection_results(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[int], category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """torchvision detections (XYXY boxes, labels 1..K) -> COCO results (xywh, dataset category ids)."""
+    """torchvision detections (XYXY boxes, labels 1..K) -> COCO results (xywh, dataset category ids).
+
+    A label outside 1..K is dropped: label k is category ``category_ids[k - 1]``, so label 0 would
+    silently become the last category through Python's negative indexing. Our Faster R-CNN never
+    reports 0 (torchvision drops its background column) and our RetinaNet masks its class-0 logit
+    (``detnas.detectors``); this keeps any other model from scoring a background box as a class.
+    """
     results = []
     for out, image_id in zip(outputs, image_ids):
         boxes = out["boxes"].detach().cpu().to(torch.float64)
@@ -81,38 +88,59 @@ def detection_results(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[
             continue
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
         for box, label, score in zip(xywh, out["labels"].tolist(), out["scores"].tolist()):
+            if not 1 <= label <= len(category_ids):
+                continue
             results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
                             "bbox": [round(v, 3) for v in box], "score": float(score)})
     return results
 
 
-def coco_box_metrics(coco: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None) -> dict[str, float]:
+def _results_coco(coco: COCO, results: list[dict[str, Any]]) -> COCO:
+    """``results`` as a pycocotools index; an empty one by hand, since ``loadRes([])`` fails."""
+    if results:
+        return coco.loadRes(results)
+    dt = COCO()
+    dt.dataset = {"images": list(coco.dataset["images"]), "categories": list(coco.dataset["categories"]),
+                  "annotations": []}
+    dt.createIndex()
+    return dt
+
+
+def coco_box_metrics(coco: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None) -> dict[str, float | None]:
     """AP, AP50, AP75, APs, APm, APl (COCO's AP@[.5:.95] etc., as fractions) of ``results`` on
-    ``image_ids`` (default: every image of ``coco``). No detections at all scores zeros."""
-    if not results:
-        return {k: 0.0 for k in COCO_METRICS}
+    ``image_ids`` (default: every image of ``coco``). No detections at all scores 0 wherever a box exists.
+
+    A figure is None where no (non-crowd) ground-truth box counts for it: APs/APm/APl when no box
+    of that size exists (COCOeval's -1), all six only when the images hold no box at all. None
+    means "not defined", never "0".
+    """
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        dt = coco.loadRes(results)
+        dt = _results_coco(coco, results)
         ev = COCOeval(coco, dt, iouType="bbox")
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    # -1 means "no ground truth of that size": report 0 rather than a negative AP
-    return {k: max(0.0, float(v)) for k, v in zip(COCO_METRICS, ev.stats[:6])}
+    # COCOeval's -1 is "no ground truth of that kind": undefined, so None (null in JSON)
+    return {k: None if v < 0 else float(v) for k, v in zip(COCO_METRICS, ev.stats[:6])}
 
 
 @torch.no_grad()
-def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> dict[str, float]:
-    """COCO box metrics of ``model`` (eval mode; the mode is restored) on prepared images."""
+def detect(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
+    """COCO results of ``model`` (eval mode; the mode is restored) on prepared images."""
     was_training = model.training
     model.eval()
     outputs: list[dict[str, Tensor]] = []
     for ims, _ in data.batches(batch_size, device):
         outputs.extend(model(ims))
     model.train(was_training)
-    return coco_box_metrics(data.coco, detection_results(outputs, data.image_ids, data.category_ids), data.image_ids)
+    return detection_results(outputs, data.image_ids, data.category_ids)
+
+
+def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> dict[str, float | None]:
+    """COCO box metrics of ``model`` on prepared images (see ``coco_box_metrics``)."""
+    return coco_box_metrics(data.coco, detect(model, data, batch_size=batch_size, device=device), data.image_ids)
 
 
 @torch.no_grad()

@@ -70,17 +70,31 @@ def plot_search_curves(
 def plot_comparison(table: Any, curves: dict[str, Any], path: str | Path, *, title: str) -> None:
     """Methods side by side (test mmAP, backbone MFLOPs, top-1) and the search curves.
 
-    ``table``: a pandas DataFrame with method, AP, mflops, top1; ``curves``: method -> history
-    DataFrame (generation, fitness) of a search.
+    ``table``: a pandas DataFrame with method, AP, mflops, top1 (and ``<col>_std`` for a row that is
+    a mean, drawn as a point with an error bar); ``curves``: method -> history DataFrame
+    (generation, fitness) of a search.
     """
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     methods = list(table["method"])
     colors = [f"C{i}" for i in range(len(methods))]
-    for ax, col, label in zip(axes[:3], ("AP", "mflops", "top1"),
-                              ("test mmAP", "backbone MFLOPs (224x224)", "top-1 (classification val)")):
+    # a row with a spread (``<col>_std``: the random architectures) is a point with an error bar
+    spread = table["AP_std"].notna() if "AP_std" in table else [False] * len(methods)
+    # the experiment's headline figure by its name: COCO mmAP (AP), VOC 2007 mAP@0.5 (mAP50_voc07)
+    primary = "primary_value" if "primary_value" in table else "AP"
+    named = table["primary_metric"].dropna() if "primary_metric" in table else []
+    primary_label = f"test {named.iloc[0]}" if len(named) else "test mmAP"
+    for ax, col, label in zip(axes[:3], (primary, "mflops", "top1"),
+                              (primary_label, "backbone MFLOPs (224x224)", "top-1 (classification val)")):
         values = [float(v) if v == v and v is not None else 0.0 for v in table[col]]
-        bars = ax.bar(methods, values, color=colors)
-        ax.bar_label(bars, fmt="%.3f" if col != "mflops" else "%.1f", fontsize=7)
+        errors = table[f"{col}_std"] if f"{col}_std" in table else [float("nan")] * len(methods)
+        bars = ax.bar(methods, [0.0 if s else v for v, s in zip(values, spread)], color=colors)
+        ax.bar_label(bars, labels=["" if s else (f"{v:.3f}" if col != "mflops" else f"{v:.1f}")
+                                   for v, s in zip(values, spread)], fontsize=7)
+        for x, (v, e, s) in enumerate(zip(values, errors, spread)):
+            if s:
+                ax.errorbar(x, v, yerr=0.0 if e != e else float(e), fmt="o", color=colors[x], capsize=4)
+                ax.annotate(f"{v:.3f}" if col != "mflops" else f"{v:.1f}", (x, v), xytext=(6, 0),
+                            textcoords="offset points", fontsize=7, va="center")
         ax.set_title(label, fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(axis="y", alpha=0.3)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .space import Arch, SearchSpace
 
-__all__ = ["Candidate", "SearchSettings", "best", "run_search", "top"]
+__all__ = ["Candidate", "SearchSettings", "best", "random_architectures", "run_search", "top"]
 
 _TRIES_PER_CANDIDATE = 100  # re-draws allowed per wanted candidate before giving up on that operator
 
@@ -165,3 +165,19 @@ def run_search(
                 "history": [asdict(c) for c in history],
             })
     return history
+
+
+def random_architectures(space: SearchSpace, count: int, feasible: Callable[[Arch], bool], seed: int) -> list[Arch]:
+    """``count`` distinct architectures drawn uniformly from the feasible part of ``space`` (rejection
+    sampling with ``seed``): the paper's Table 5 baseline, each retrained as a standalone network.
+    The same seed gives the same list, and a larger ``count`` extends it. ValueError when the FLOPs
+    bounds leave fewer than ``count`` architectures to draw."""
+    if count < 1:
+        raise ValueError(f"random architectures: count must be >= 1, got {count}")
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Arch, str]] = []
+    _draw(count, lambda: space.sample(rng), "random", feasible, set(), out)
+    if len(out) < count:
+        raise ValueError(f"random architectures: found only {len(out)} distinct feasible architectures of space "
+                         f"{space.name!r} in {_TRIES_PER_CANDIDATE * count} draws; lower the count or widen the FLOPs bounds")
+    return [a for a, _ in out]

@@ -6,10 +6,15 @@ architecture is one choice per block, written as a digit string, e.g. ``"2120211
 
 Randomness always comes from an explicit ``numpy.random.Generator``: the same seed gives the same
 sequence of samples, mutations and crossovers.
+
+A preset space can be width-scaled: ``"small@w1.0703"`` is ``small`` with every channel count (stem and
+stages) multiplied by 1.0703 and rounded to an even number (the FLOPs-matched hand-crafted baselines).
+The name alone rebuilds the space, so checkpoints and arch.json files that store it stay readable.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -22,6 +27,9 @@ __all__ = [
     "SearchSpace",
     "SPACES",
     "get_space",
+    "scale_space",
+    "space_of_arch",
+    "split_space_name",
 ]
 
 NUM_CHOICES = 4
@@ -99,6 +107,7 @@ class SearchSpace:
     stem_channels: int
     stage_channels: tuple[int, ...]
     stage_blocks: tuple[int, ...]
+    last_channels: int = 1024  # the classification network's last 1x1 conv (not part of the backbone)
 
     def __post_init__(self) -> None:
         if len(self.stage_channels) != len(self.stage_blocks) or not self.stage_blocks:
@@ -170,8 +179,8 @@ class SearchSpace:
         return Arch(tuple(x if p else y for x, y, p in zip(a.genes, b.genes, pick)))
 
 
-def _widen(space: SearchSpace, name: str, stem: int, channels: tuple[int, ...]) -> SearchSpace:
-    return SearchSpace(name, stem, channels, space.stage_blocks)
+def _widen(space: SearchSpace, name: str, stem: int, channels: tuple[int, ...], last: int) -> SearchSpace:
+    return SearchSpace(name, stem, channels, space.stage_blocks, last)
 
 
 _SMALL = SearchSpace("small", 16, (64, 160, 320, 640), (4, 4, 8, 4))
@@ -183,13 +192,86 @@ SPACES: dict[str, SearchSpace] = {
     "small": _SMALL,
     "large": _LARGE,
     # The 3.8G DetNASNet: the large space widened x1.8 (the authors' channel numbers).
-    "large_x1.8": _widen(_LARGE, "large_x1.8", 72, (172, 432, 864, 1728)),
+    # Its classifier's last conv is 1728 wide too (the authors' DetNASNet 3.8 model), not 1024.
+    "large_x1.8": _widen(_LARGE, "large_x1.8", 72, (172, 432, 864, 1728), 1728),
 }
 
 
+# "<preset>@w<factor>", the factor written with exactly WIDTH_DECIMALS decimals: one name per space
+WIDTH_DECIMALS = 4
+_WIDTH_UNIT = 10**WIDTH_DECIMALS
+_SCALED_NAME = re.compile(rf"^(?P<base>.+)@w(?P<units>\d+)\.(?P<frac>\d{{{WIDTH_DECIMALS}}})$")
+
+
+def _even_scaled(channels: int, units: int) -> int:
+    # channels * units / 10^4, rounded half up to an even number, in integers: the same name gives
+    # the same channels on every machine (no float rounding at the .5 boundaries)
+    return 2 * ((channels * units + _WIDTH_UNIT) // (2 * _WIDTH_UNIT))
+
+
+def scale_space(space: SearchSpace, factor: float) -> SearchSpace:
+    """``space`` (a preset) with every channel count times ``factor``, rounded to an even number.
+
+    The factor is rounded to ``WIDTH_DECIMALS`` decimals and written into the name
+    (``"small@w1.0703"``), which ``get_space`` parses back to the same channels. ValueError names the
+    factor when it leaves a stage without new channels (widths must stay even and increasing).
+    """
+    if space.name not in SPACES or SPACES[space.name] != space:
+        raise ValueError(f"only a preset space can be width-scaled ({', '.join(SPACES)}), got {space.name!r}")
+    units = round(factor * _WIDTH_UNIT)
+    if units < 1:
+        raise ValueError(f"space {space.name!r}: width factor must be at least {1 / _WIDTH_UNIT}, got {factor!r}")
+    name = f"{space.name}@w{units // _WIDTH_UNIT}.{units % _WIDTH_UNIT:0{WIDTH_DECIMALS}d}"
+    stem = _even_scaled(space.stem_channels, units)
+    if stem < 2:
+        raise ValueError(f"space {name!r}: width factor {factor} leaves the stem without channels")
+    channels = tuple(_even_scaled(c, units) for c in space.stage_channels)
+    return SearchSpace(name, stem, channels, space.stage_blocks, space.last_channels)
+
+
+def split_space_name(name: str) -> tuple[str, float]:
+    """``(preset name, width factor)`` of a space name: ``"small@w1.0703"`` -> ``("small", 1.0703)``,
+    ``"small"`` -> ``("small", 1.0)``. The name is not checked against the presets."""
+    m = _SCALED_NAME.match(name)
+    if m is None:
+        return name, 1.0
+    return m["base"], (int(m["units"]) * _WIDTH_UNIT + int(m["frac"])) / _WIDTH_UNIT  # 1.0937, not 1.0937000000000001
+
+
 def get_space(name: str) -> SearchSpace:
-    """The preset space called ``name``; ValueError lists the known ones."""
-    try:
+    """The preset space called ``name``, or a width-scaled preset (``"small@w1.0703"``).
+
+    ValueError lists the known presets, or names the malformed factor.
+    """
+    if name in SPACES:
         return SPACES[name]
-    except KeyError:
-        raise ValueError(f"unknown search space {name!r}; known: {', '.join(SPACES)}") from None
+    if "@w" in name:
+        base, factor = split_space_name(name)
+        if base == name:  # "@w" but not "<preset>@w<digits>.<4 digits>"
+            raise ValueError(
+                f"scaled search space {name!r}: write it <preset>@w<factor> with {WIDTH_DECIMALS} decimals, "
+                f"e.g. 'small@w1.0703'"
+            )
+        if base not in SPACES:
+            raise ValueError(f"scaled search space {name!r}: unknown preset {base!r}; known: {', '.join(SPACES)}")
+        space = scale_space(SPACES[base], factor)
+        if space.name != name:  # e.g. a leading zero, "small@w01.0703": one name per space
+            raise ValueError(f"scaled search space {name!r}: write it {space.name!r}")
+        return space
+    raise ValueError(
+        f"unknown search space {name!r}; known: {', '.join(SPACES)} (or a width-scaled one, e.g. 'small@w1.0703')"
+    )
+
+
+def space_of_arch(arch_space: str, settings_space: str | None) -> SearchSpace:
+    """The space of a chosen architecture (arch.json's ``space``) that a stage configured for
+    ``settings_space`` retrains: the same space, or a width-scaled one of it (the FLOPs-matched
+    baselines). ValueError names both when the architecture belongs to another space."""
+    space = get_space(arch_space)
+    base, _ = split_space_name(arch_space)
+    if settings_space is not None and settings_space not in (arch_space, base):
+        raise ValueError(
+            f"the architecture's space {arch_space!r} is neither the settings' space {settings_space!r} nor a "
+            f"width-scaled one of it; retrain it with a pretrain entry of space {base!r}"
+        )
+    return space

@@ -2,7 +2,7 @@
 
 Both classes share one skeleton: ``stem`` (3x3 stride-2 conv, BN, ReLU), ``stage1``..``stage4``
 (the searchable blocks; stage outputs C2..C5 at strides 4, 8, 16, 32) and, for classification only,
-``conv_last`` (1x1 to 1024, BN, ReLU), ``pool``, ``dropout``, ``classifier``. The named children
+``conv_last`` (1x1 to ``space.last_channels``, 1024 but 1728 for large_x1.8; BN, ReLU), ``pool``, ``dropout``, ``classifier``. The named children
 are in forward order, so torchvision's ``IntermediateLayerGetter`` / ``BackboneWithFPN`` can pick
 C2..C5 out of either network.
 
@@ -24,7 +24,6 @@ from .space import Arch, BlockSpec, SearchSpace
 
 __all__ = ["ChoiceBlock", "SinglePathNet", "Supernet", "get_path", "inactive_modules", "set_path"]
 
-LAST_CHANNELS = 1024  # width of the classification network's last 1x1 conv
 
 
 class ChoiceBlock(nn.Module):
@@ -65,13 +64,13 @@ class _Skeleton(nn.Module):
             self.add_module(f"stage{s}", nn.Sequential(*(make_position(b) for b in specs if b.stage == s)))
         if num_classes is not None:
             self.conv_last = nn.Sequential(
-                nn.Conv2d(space.stage_channels[-1], LAST_CHANNELS, 1, bias=False),
-                nn.BatchNorm2d(LAST_CHANNELS),
+                nn.Conv2d(space.stage_channels[-1], space.last_channels, 1, bias=False),
+                nn.BatchNorm2d(space.last_channels),
                 nn.ReLU(inplace=True),
             )
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.dropout = nn.Dropout(dropout)
-            self.classifier = nn.Linear(LAST_CHANNELS, num_classes, bias=False)
+            self.classifier = nn.Linear(space.last_channels, num_classes, bias=False)
 
     @property
     def stage_names(self) -> list[str]:

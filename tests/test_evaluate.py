@@ -1,11 +1,18 @@
+import contextlib
+import io
 import json
 
+import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
 
 from detnas.data.coco import prepare_detection
+from detnas.detectors import DetectorSettings, build_detector
 from detnas.evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detection_results
 from detnas.io import write_json_atomic
+from detnas.space import get_space
+from detnas.supernet import Supernet
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,60 @@ def test_no_detections_score_zero(test_file):
              for _ in data.image_ids]
     results = detection_results(empty, data.image_ids, data.category_ids)
     assert results == []
-    assert coco_box_metrics(data.coco, results) == {k: 0.0 for k in COCO_METRICS}
+    # 64 px images hold no large box (area > 96^2): APl is undefined, the rest 0
+    assert coco_box_metrics(data.coco, results) == {**{k: 0.0 for k in COCO_METRICS}, "APl": None}
+
+
+def _coco(annotations: list[dict]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "width": 400, "height": 400, "file_name": f"{i}.jpg"} for i in (1, 2)],
+                    "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def test_sizes_without_ground_truth_are_null_not_zero():
+    # only large boxes (area > 96^2 = 9216): COCOeval's APs and APm are -1, "no ground truth"
+    boxes = [(1, 1, [10, 10, 150, 120]), (2, 2, [50, 40, 200, 100])]
+    coco = _coco([{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                  for i, (im, c, b) in enumerate(boxes, 1)])
+    perfect = [{"image_id": im, "category_id": c, "bbox": b, "score": 0.9} for im, c, b in boxes]
+    m = coco_box_metrics(coco, perfect)
+    assert m["APs"] is None and m["APm"] is None
+    assert m["AP"] == pytest.approx(1.0) and m["APl"] == pytest.approx(1.0)
+    m = coco_box_metrics(coco, [])  # no detections: 0 where a box exists, still None where none does
+    assert m == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": None, "APl": 0.0}
+    assert json.loads(json.dumps(m))["APs"] is None  # null in final.json
+
+
+def test_background_and_out_of_range_labels_are_dropped():
+    # label 0 would be category_ids[-1] (the last class) by negative indexing; K + 1 would not exist
+    out = [{"boxes": torch.tensor([[0.0, 0, 10, 10]] * 4), "labels": torch.tensor([0, 1, 3, 4]),
+            "scores": torch.tensor([0.9, 0.8, 0.7, 0.6])}]
+    results = detection_results(out, [5], [1, 7, 90])
+    assert [r["category_id"] for r in results] == [1, 90]
+
+
+def test_retinanet_never_reports_label_zero():
+    small = dict(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=[8, 16, 32, 48, 64])
+    torch.manual_seed(0)
+    space = get_space("tiny")
+    body = Supernet(space)
+    settings = DetectorSettings.from_dict({"name": "retinanet", **small})
+    model = build_detector(body, num_classes=3, settings=settings).eval()
+    body.set_arch(space.sample(np.random.default_rng(0)))
+    # the class logits are laid out anchor-major ((A * (K + 1)) channels, index a * (K + 1) + k):
+    # make class 0 score sigmoid(10) everywhere and class 2 sigmoid(5), the others sigmoid(-10)
+    conv = model.head.classification_head.cls_logits
+    bias = torch.full((conv.out_channels // 4, 4), -10.0)
+    bias[:, 0], bias[:, 2] = 10.0, 5.0
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(bias.flatten())
+        (out,) = model([torch.rand(3, 64, 64)])
+    # every place goes to class 2, none to the background logit
+    assert len(out["labels"]) == settings.detections_per_image and set(out["labels"].tolist()) == {2}
 
 
 def test_results_use_dataset_category_ids_and_xywh():

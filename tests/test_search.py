@@ -224,3 +224,18 @@ def test_generation_mix_as_settings_and_proportions():
     assert Counter(c.origin for c in history if c.generation == 1) == {"mutation": 7, "random": 3}
     with pytest.raises(ValueError, match="together at most the population"):
         SearchSettings(population=10, mutations=6, crossovers=5)
+
+
+def test_random_architectures_are_distinct_feasible_and_seeded():
+    from detnas.search import random_architectures
+
+    space = get_space("small")
+    table = cost_table(space)
+    feasible = lambda a: 270e6 <= table.backbone_macs(a) <= 300e6  # noqa: E731
+    archs = random_architectures(space, 20, feasible, seed=3)
+    assert len(set(archs)) == 20 and all(feasible(a) for a in archs)
+    assert random_architectures(space, 20, feasible, seed=3) == archs
+    assert random_architectures(space, 25, feasible, seed=3)[:20] == archs  # a larger count extends the list
+    assert random_architectures(space, 20, feasible, seed=4) != archs
+    with pytest.raises(ValueError, match="found only"):
+        random_architectures(get_space("tiny"), 5, lambda a: str(a) == "00000000", seed=0)

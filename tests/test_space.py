@@ -1,8 +1,10 @@
+import re
+
 import numpy as np
 import pytest
 
 from detnas.archs import PUBLISHED, get_published
-from detnas.space import SPACES, Arch, get_space
+from detnas.space import SPACES, Arch, get_space, scale_space, space_of_arch, split_space_name
 
 
 @pytest.mark.parametrize("name", list(SPACES))
@@ -100,3 +102,53 @@ def test_mutation_rate_and_crossover_genes():
 def test_published_architectures_parse(name):
     space, arch = get_published(name)
     assert len(arch) == space.num_blocks
+
+
+def test_scaled_space_multiplies_every_channel_count_and_rounds_to_even():
+    scaled = scale_space(get_space("small"), 1.0703)
+    assert scaled.name == "small@w1.0703"
+    # 16, 64, 160, 320, 640 times 1.0703 = 17.1, 68.5, 171.2, 342.5, 685.0 -> nearest even
+    assert (scaled.stem_channels, scaled.stage_channels) == (18, (68, 172, 342, 684))
+    assert scaled.stage_blocks == get_space("small").stage_blocks
+    assert scale_space(get_space("tiny"), 1.0).stage_channels == get_space("tiny").stage_channels
+    with pytest.raises(ValueError, match="only a preset space can be width-scaled.*'small@w1.0703'"):
+        scale_space(scaled, 1.1)
+
+
+@pytest.mark.parametrize("name", ["tiny@w1.0937", "small@w1.0703", "large@w1.1208", "large_x1.8@w0.5000", "tiny@w0.3000"])
+def test_scaled_space_names_round_trip(name):
+    space = get_space(name)
+    assert space.name == name and get_space(space.name) == space
+    base, factor = split_space_name(name)
+    assert scale_space(get_space(base), factor) == space
+    assert space.stem_channels % 2 == 0 and all(c % 2 == 0 for c in space.stage_channels)
+    assert list(space.stage_channels) == sorted(set(space.stage_channels)) and space.stem_channels < space.stage_channels[0]
+
+
+def test_split_space_name_of_a_preset_is_factor_one():
+    assert split_space_name("large_x1.8") == ("large_x1.8", 1.0)
+    assert split_space_name("small@w1.0703") == ("small", 1.0703)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("small@w1.07", "write it <preset>@w<factor> with 4 decimals"),
+        ("small@w01.0703", "write it 'small@w1.0703'"),
+        ("huge@w1.0000", "'huge@w1.0000': unknown preset 'huge'"),
+        ("small@w0.0000", "width factor must be at least"),
+        ("small@w1.0703@w1.0000", "unknown preset 'small@w1.0703'"),  # scaled once, from a preset
+        ("tiny@w0.0100", "tiny@w0.0100"),  # every channel count rounds to 0 or 2: not increasing
+    ],
+)
+def test_bad_scaled_space_names_are_named(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_space(name)
+
+
+def test_space_of_arch_takes_the_scaled_space_of_the_settings_preset():
+    assert space_of_arch("small@w1.0703", "small").name == "small@w1.0703"
+    assert space_of_arch("small", "small").name == "small"
+    assert space_of_arch("small@w1.0703", None).name == "small@w1.0703"
+    with pytest.raises(ValueError, match=r"'large@w1.1208' is neither the settings' space 'small'.*space 'large'"):
+        space_of_arch("large@w1.1208", "small")

@@ -19,9 +19,13 @@ def test_dry_run_plans_every_experiment(tmp_path):
     experiments = config["experiments"]
     jobs = planned(wd, *[f"results/{name}/comparison.csv" for name in experiments])
     n = len(experiments)
-    assert jobs["compare"] == n and jobs["evaluate_detnas"] == n and jobs["evaluate"] == 4 * n
+    randoms = sum(e.get("random_archs", {}).get("count", 20) for e in experiments.values())  # the paper's 20 by default
+    methods = len(METHODS)  # each retrained and evaluated; DetNAS's evaluation is evaluate_detnas
+    assert jobs["compare"] == n and jobs["evaluate_detnas"] == n and jobs["evaluate"] == (methods - 1) * n + randoms
     assert jobs["search"] == 4 * n and jobs["finetune_supernet"] == 2 * n
-    assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == 5 * n
+    assert jobs["handcrafted_arch"] == jobs["handcrafted_arch_unscaled"] == n
+    assert jobs["random_arch"] == randoms and jobs["random_archs_summary"] == n
+    assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == methods * n + randoms
     # shared stages once: one pre-training per pretrain entry, one split per dataset
     assert jobs["pretrain_supernet"] == len({e["pretrain"] for e in experiments.values()})
     assert jobs["split_detection"] == len({e["data"] for e in experiments.values()})
@@ -74,33 +78,42 @@ def test_pretrain_target_runs_and_reruns_only_what_changed(tmp_path):
 
 FINAL_FIELDS = {"experiment", "method", "dataset", "detector", "arch", "space", "mflops", "backbone_params_m",
                 "AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "mlflow_run_id", "primary_metric", "classifier_params_m"}
-METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2"]
+METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2", "shufflenetv2_unscaled"]
+RANDOM_ARCHS = ["random_arch_1", "random_arch_2"]  # the micro config's random_archs: {count: 2}
 
 
 @pytest.mark.slow
 def test_end_to_end_dag_all_methods(tmp_path):
-    """The real DAG on the micro configuration: five methods, final.json, comparison, MLflow runs."""
+    """The real DAG on the micro configuration: every method and the random architectures, final.json,
+    the comparison, MLflow runs."""
     from mlflow.tracking import MlflowClient
 
     wd = make_workdir(tmp_path)
     proc = snakemake(wd, "--cores", "2")  # the default target: the demo experiment's comparison
     assert "Finished" in proc.stdout + proc.stderr
     finals = {m: json.loads((wd / "results/shapes_fpn" / ("final.json" if m == "detnas" else f"{m}/final.json")).read_text())
-              for m in METHODS}
+              for m in METHODS + RANDOM_ARCHS}
     for method, final in finals.items():
         assert FINAL_FIELDS <= set(final), method
         assert final["method"] == method and final["experiment"] == "shapes_fpn" and len(final["arch"]) == 8
         assert 0.0 <= final["AP"] <= 1.0 and 0.0 <= final["top1"] <= 1.0
-        assert final["mflops"] <= 40 or method == "shufflenetv2"
-    assert finals["shufflenetv2"]["arch"] == "00000000"
+        assert final["mflops"] <= 40  # the FLOPs limit: searched, random and the scaled hand-crafted network
+    assert finals["shufflenetv2"]["arch"] == finals["shufflenetv2_unscaled"]["arch"] == "00000000"
+    assert finals["shufflenetv2"]["width_factor"] > 1 == finals["shufflenetv2_unscaled"]["width_factor"]
+    assert finals["shufflenetv2"]["mflops"] >= 0.98 * 40 > finals["shufflenetv2_unscaled"]["mflops"]
+    assert len({finals[m]["arch"] for m in RANDOM_ARCHS}) == 2
+    summary = json.loads((wd / "results/shapes_fpn/random_archs/summary.json").read_text())
+    assert summary["n"] == 2 and summary["metrics"]["AP"]["mean"] == pytest.approx(
+        sum(finals[m]["AP"] for m in RANDOM_ARCHS) / 2)
     table = (wd / "results/shapes_fpn/comparison.csv").read_text().splitlines()
-    assert table[0].startswith("method,arch,mflops") and [r.split(",")[0] for r in table[1:]] == METHODS
+    assert table[0].startswith("method,arch,mflops")
+    assert [r.split(",")[0] for r in table[1:]] == METHODS + ["random archs (n=2)"]
     assert (wd / "results/shapes_fpn/comparison.png").stat().st_size > 5000
 
     client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
     exp = client.get_experiment_by_name("shapes_fpn")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
-    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS)
+    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS)
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"experiment", "detector", "dataset", "space", "arch", "git_commit", "wildcards"} <= set(r.data.tags)
@@ -117,13 +130,13 @@ def test_end_to_end_dag_all_methods(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the embedded default store
     report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True, env=env)
-    assert report.returncode == 0 and "shufflenetv2" in report.stdout
+    assert report.returncode == 0 and "shufflenetv2_unscaled" in report.stdout and "random archs (n=2)" in report.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{wd.resolve()}/results/mlflow.db" in report.stdout
 
-    # the MLflow UI's own search (what its run comparison shows) finds the five final runs
+    # the MLflow UI's own search (what its run comparison shows) finds the final runs
     ui_uri = report.stdout.split("mlflow ui --backend-store-uri ")[1].split()[0]
     runs = _ui_search(ui_uri, exp.experiment_id, "tags.stage = 'evaluate' and tags.experiment = 'shapes_fpn'")
-    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS)
+    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS)
 
 
 def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:

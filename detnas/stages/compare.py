@@ -3,31 +3,63 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..formatting import fmt_number
-from ..io import read_json, write_text_atomic
+from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_comparison
 from ..tracking import StageRun
 
-__all__ = ["COLUMNS", "run_compare"]
+__all__ = ["COLUMNS", "run_compare", "run_random_archs_summary", "summarize_finals"]
 
-COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "AP", "AP50", "AP75", "APs", "APm", "APl", "top1",
-           "search_fitness", "search_evaluations", "mlflow_run_id"]
+COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "primary_metric", "primary_value", "AP", "AP50", "AP75",
+           "APs", "APm", "APl", "top1", "search_fitness", "search_evaluations", "mlflow_run_id"]
+VOC_COLUMNS = ["mAP50_voc07", "mAP50_voc12"]  # VOC experiments only
+# the spread of the random architectures' row (empty for a single network)
+STD_COLUMNS = [f"{c}_std" for c in ("mflops", "primary_value", "AP", "AP50", "AP75", "APs", "APm", "APl", "top1",
+                                    *VOC_COLUMNS)]
+
+
+def random_archs_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The comparison row of the random architectures: "random archs (n=N)", each column's mean and
+    its std in ``<column>_std``."""
+    m = summary["metrics"]
+    row: dict[str, Any] = {c: m[c]["mean"] if c in m else None for c in COLUMNS + VOC_COLUMNS}
+    row.update({f"{c}_std": m[c]["std"] if c in m else None for c in (s.removesuffix("_std") for s in STD_COLUMNS)})
+    row.update(method=f"random archs (n={summary['n']})", arch=None, mlflow_run_id=None,
+               primary_metric=summary.get("primary_metric"))
+    return row
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as printed: a row with a spread shows "mean +- std"."""
+    out = table.drop(columns=["mlflow_run_id", *STD_COLUMNS]).astype(object)
+    for std in STD_COLUMNS:
+        col = std.removesuffix("_std")
+        for i in table.index[table[std].notna()]:
+            out.loc[i, col] = f"{fmt_number(table.loc[i, col])} +- {fmt_number(table.loc[i, std])}"
+    return out.map(lambda v: fmt_number(v) if isinstance(v, float) else v)
 
 
 def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path, png_out: Path,
-                experiment: str, mlflow: dict[str, Any]) -> pd.DataFrame:
-    """One row per method (from its final.json); the plot adds the search curves of ``histories``."""
+                experiment: str, mlflow: dict[str, Any], random_archs: Path | None = None) -> pd.DataFrame:
+    """One row per method (from its final.json), plus the random architectures' row (mean +- std,
+    from their summary.json) when given; the plot adds the search curves of ``histories``."""
     rows = [read_json(p) for p in finals]
+    for r in rows:  # final.json files written before primary_value existed
+        r.setdefault("primary_value", r.get(r.get("primary_metric", "AP")))
     table = pd.DataFrame(rows)
     missing = [c for c in COLUMNS if c not in table]
     if missing:
         raise ValueError(f"final.json files lack {missing}: {[str(p) for p in finals]}")
-    table = table[COLUMNS]
+    voc = [c for c in VOC_COLUMNS if c in table]
+    table = table[COLUMNS + voc].reindex(columns=COLUMNS + voc + STD_COLUMNS)
+    if random_archs is not None:
+        table = pd.concat([table, pd.DataFrame([random_archs_row(read_json(random_archs))])], ignore_index=True)
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format=fmt_number)
     write_text_atomic(buf.getvalue(), csv_out)
@@ -35,8 +67,45 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     plot_comparison(table, curves, png_out, title=f"{experiment}: methods side by side")
     with StageRun(**mlflow, params={"methods": list(table["method"])}) as run:
         for _, r in table.iterrows():
-            run.log_metrics({f"{r['method']}_AP": r["AP"], f"{r['method']}_top1": r["top1"] or 0.0}, 0)
+            name = "random_archs" if pd.notna(r["AP_std"]) else r["method"]  # MLflow names allow no "(n=N)"
+            values = {"AP": r["AP"], "top1": r["top1"], str(r["primary_metric"] or "primary"): r["primary_value"]}
+            run.log_metrics({f"{name}_{k}": v for k, v in values.items() if pd.notna(v)}, 0)
         run.log_artifacts(csv_out, png_out)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(table.drop(columns=["mlflow_run_id"]).to_string(index=False, float_format=fmt_number))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(_shown(table).to_string(index=False))
     return table
+
+
+def summarize_finals(finals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, std (sample, n - 1; 0 for one network), min and max of every numeric field the final.json
+    files share (metrics, MFLOPs, params; a field that is null in some is summarized over the rest),
+    plus n and the architectures: the paper's "Random (20 nets)" row, e.g. 35.6 +- 0.6 mmAP."""
+    if not finals:
+        raise ValueError("no final.json to summarize")
+    keys = [k for k, v in finals[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    stats: dict[str, Any] = {}
+    for k in keys:
+        values = [float(f[k]) for f in finals if isinstance(f.get(k), (int, float)) and f.get(k) == f.get(k)]
+        if not values:
+            continue
+        mean = math.fsum(values) / len(values)
+        var = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        stats[k] = {"mean": mean, "std": math.sqrt(var), "min": min(values), "max": max(values), "n": len(values)}
+    return {"n": len(finals), "archs": [f.get("arch") for f in finals], "methods": [f.get("method") for f in finals],
+            "metrics": stats}
+
+
+def run_random_archs_summary(*, finals: list[Path], out: Path, experiment: str, mlflow: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` of the retrained random architectures; MLflow gets each metric's mean and std."""
+    rows = [read_json(p) for p in finals]
+    summary = {"experiment": experiment, "primary_metric": rows[0].get("primary_metric"), **summarize_finals(rows)}
+    with StageRun(**mlflow, params={"n": summary["n"], "archs": summary["archs"]}) as run:
+        write_json_atomic(summary, out)
+        run.log_metrics({f"{k}_{s}": v[s] for k, v in summary["metrics"].items() for s in ("mean", "std")}, 0)
+        run.log_artifacts(out)
+    for k in ("AP", "AP50", "top1", "mflops"):
+        if k in summary["metrics"]:
+            m = summary["metrics"][k]
+            print(f"random archs (n={summary['n']}): {k} {fmt_number(m['mean'])} +- {fmt_number(m['std'])} "
+                  f"(min {fmt_number(m['min'])}, max {fmt_number(m['max'])})", flush=True)
+    return summary

@@ -1,21 +1,45 @@
-"""The ``evaluate`` stage: COCO metrics of a retrained detector on the test split -> ``final.json``."""
+"""The ``evaluate`` stage: COCO metrics (and, for VOC, the VOC APs) of a retrained detector on the test
+split -> ``final.json``."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ..distributed import init_distributed, set_threads
-from ..evaluate import COCO_METRICS, DetectionImages, evaluate_detector
+from ..evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detect
 from ..flops import cost_table
 from ..formatting import fmt_number
 from ..io import read_json, write_json_atomic
-from ..space import get_space
+from ..space import get_space, split_space_name
 from ..tracking import StageRun
+from ..voc_eval import VOC_METRICS, voc_ap
 from .finetune import detector_from_checkpoint
 
-__all__ = ["run_evaluate"]
+__all__ = ["PRIMARY_METRICS", "run_evaluate"]
+
+# what --primary may name: a COCOeval figure (COCO datasets: AP) or a VOC one (VOC: mAP50_voc07)
+PRIMARY_METRICS = COCO_METRICS + VOC_METRICS
+
+
+def _metric_key(prefix: str, name: str) -> str:
+    """``prefix/name`` as an MLflow metric key. MLflow rejects (and so drops the whole batch of) a key
+    with characters other than letters, digits, ``_ - . /`` and space, or one that a path
+    normalization would change; a class name of one's own data may hold any of them."""
+    clean = re.sub(r"[^\w.\- ]", "_", name)
+    return f"{prefix}/{'_' if clean in ('', '.', '..') else clean}"
+
+
+def _tracked(metrics: dict[str, float | None], per_class: dict[str, dict[str, Any]] | None) -> dict[str, float]:
+    """The MLflow metrics: every defined figure, and each class's VOC APs as ``AP50_voc07/<class>``."""
+    out = {k: v for k, v in metrics.items() if v is not None}  # MLflow has no "undefined"
+    for name, row in (per_class or {}).items():
+        for key, prefix in (("ap_voc07", "AP50_voc07"), ("ap_voc12", "AP50_voc12")):
+            if row[key] is not None:
+                out[_metric_key(prefix, name)] = row[key]
+    return out
 
 
 def run_evaluate(
@@ -35,9 +59,14 @@ def run_evaluate(
     """Evaluate on every test image; ``final.json`` gets the fields of PIPELINE.md.
 
     ``info``: experiment, method, dataset, detector (names, copied into final.json).
+    ``primary_metric``: the headline figure, one of ``PRIMARY_METRICS``; final.json names it in
+    ``primary_metric`` and holds its value in ``primary_value``. A VOC name (``mAP50_voc07``, the
+    paper's VOC metric) also computes both VOC figures and the per-class APs (``voc_per_class``),
+    with difficult objects (``iscrowd: 1`` in the internal format) ignored; the COCOeval figures are
+    always there. A figure that is undefined (no ground truth of that kind) is null.
     """
-    if primary_metric not in COCO_METRICS:
-        raise ValueError(f"primary metric must be one of {COCO_METRICS}, got {primary_metric!r}")
+    if primary_metric not in PRIMARY_METRICS:
+        raise ValueError(f"primary metric must be one of {', '.join(PRIMARY_METRICS)}, got {primary_metric!r}")
     dist = init_distributed(device)
     set_threads(threads, 1)
     model, meta = detector_from_checkpoint(detector, dist.device)
@@ -55,28 +84,39 @@ def run_evaluate(
         if data.category_ids != meta["category_ids"]:
             raise ValueError(f"{test_file}: category ids {data.category_ids} differ from those {detector} was trained "
                              f"on ({meta['category_ids']}); evaluate on the test split of the same dataset")
-        metrics = evaluate_detector(model, data, batch_size=batch_size, device=dist.device)
+        results = detect(model, data, batch_size=batch_size, device=dist.device)
+        metrics: dict[str, float | None] = coco_box_metrics(data.coco, results, data.image_ids)
+        classes = {c: data.coco.cats[c]["name"] for c in data.category_ids}
+        per_class = None
+        if primary_metric in VOC_METRICS:
+            voc = voc_ap(results, data.coco.dataset["annotations"], classes, image_ids=data.image_ids)
+            metrics.update({k: voc[k] for k in VOC_METRICS})
+            per_class = voc["per_class"]
         seconds = time.perf_counter() - t
         final = {
             **info,
             "arch": str(arch),
             "space": space.name,
+            "width_factor": split_space_name(space.name)[1],  # the scaled ShuffleNetV2's; 1 for a preset
             "mflops": table.backbone_macs(arch) / 1e6,
             "backbone_params_m": table.backbone_params(arch) / 1e6,
             "classifier_params_m": table.classifier_params(arch, cls["num_classes"]) / 1e6,
             "test_images": len(data),
             **metrics,
             "primary_metric": primary_metric,
-            "classes": [data.coco.cats[c]["name"] for c in data.category_ids],
+            "primary_value": metrics[primary_metric],
+            "classes": list(classes.values()),
+            **({} if per_class is None else {"voc_per_class": per_class}),
             "top1": cls.get("top1"),
             "search_fitness": chosen.get("fitness"),
             "search_evaluations": chosen.get("evaluations"),
             "mlflow_run_id": run.run_id,
         }
-        run.log_metrics({**metrics, "top1": final["top1"] or 0.0, "mflops": final["mflops"]}, 0)
+        run.log_metrics({**_tracked(metrics, per_class), "top1": final["top1"] or 0.0, "mflops": final["mflops"]}, 0)
         run.set_tags({"arch": str(arch)})
         write_json_atomic(final, out)
         run.log_artifacts(out)
-    summary = " ".join(f"{k} {fmt_number(metrics[k])}" for k in COCO_METRICS)
+    shown = [primary_metric, *(k for k in PRIMARY_METRICS if k in metrics and k != primary_metric)]
+    summary = " ".join(f"{k} {fmt_number(metrics[k])}" for k in shown)
     print(f"{info.get('experiment')} {info.get('method')}: {arch} on {len(data)} test images: {summary} "
           f"(top-1 {final['top1']}) in {seconds:.1f} s", flush=True)

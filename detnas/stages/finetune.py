@@ -67,6 +67,13 @@ def load_classification_weights(body: _Skeleton, path: Path) -> dict[str, Any]:
     """Copy a classification checkpoint's backbone (stem + stages) into ``body``; the classifier head
     is left out. ValueError names the file when the checkpoint does not match the backbone."""
     ckpt = load_checkpoint(path)
+    if ckpt.get("space", body.space.name) != body.space.name:
+        # e.g. a classifier of "small" for the width-scaled "small@w1.0703" of an arch file: the
+        # shapes differ, and load_state_dict would raise a RuntimeError listing every tensor
+        raise ValueError(
+            f"{path}: checkpoint of space {ckpt['space']!r} (arch {ckpt.get('arch')}), this backbone is of space "
+            f"{body.space.name!r}"
+        )
     state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(_HEAD_PREFIXES)}
     missing, unexpected = body.load_state_dict(state, strict=False)
     if missing or unexpected:

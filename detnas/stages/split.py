@@ -96,6 +96,10 @@ def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict
         supernet_train, search_val = split_detection(train, size=_count_or_fraction(split["size"]), seed=split["seed"])
         parts = {"train": train, "supernet_train": supernet_train, "search_val": search_val, "test": test}
         metrics = {name: _summary(d) for name, d in parts.items()}
+        val = metrics["search_val"]
+        if val["images"] == val["images_without_boxes"]:  # the search's fitness would be undefined
+            raise DataError(f"{entry}: the search-validation split ({val['images']} images) holds no box to score "
+                            f"candidates on; raise {entry}.split.size")
         metrics["classes"] = [c["name"] for c in train["categories"]]
         metrics["dropped_boxes"] = dropped
         for name, d in parts.items():

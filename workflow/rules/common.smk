@@ -16,7 +16,7 @@ from snakemake.logging import logger
 
 R = "results"
 SEARCH_METHODS = ["detnas", "random", "clsnas", "scratch"]
-METHODS = SEARCH_METHODS + ["shufflenetv2"]
+METHODS = SEARCH_METHODS + ["shufflenetv2", "shufflenetv2_unscaled"]
 
 
 def _entry(section, name, what):

@@ -1,19 +1,27 @@
-# All methods of an experiment side by side, with the EA-vs-random search curves.
+# All methods of an experiment side by side, with the EA-vs-random search curves and the random
+# architectures' row (mean +- std).
 
 
 def final_json(name, method):
     return f"{R}/{name}/final.json" if method == "detnas" else f"{R}/{name}/{method}/final.json"
 
 
+def random_archs_summary(name):
+    """The random architectures' summary.json, when the experiment has any (random_archs.count > 0)."""
+    return [f"{R}/{name}/random_archs/summary.json"] if experiment(name)["random_archs"]["count"] else []
+
+
 rule compare:
     input:
         finals=lambda w: [final_json(w.experiment, m) for m in METHODS],
         histories=lambda w: [f"{R}/{w.experiment}/{m}/search/history.csv" for m in ("detnas", "random")],
+        random_archs=lambda w: random_archs_summary(w.experiment),
     output:
         csv=f"{R}/{{experiment}}/comparison.csv",
         png=f"{R}/{{experiment}}/comparison.png",
     params:
         histories=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(("detnas", "random"), input.histories)),
+        random_archs=lambda w, input: f"--random-archs {input.random_archs}" if input.random_archs else "",
         mlflow=lambda w: mlflow_run(w.experiment, "compare", "compare methods", w, **experiment_tags(w.experiment)),
     log:
         f"{R}/logs/compare/{{experiment}}.log",
@@ -21,4 +29,4 @@ rule compare:
         f"{R}/benchmarks/compare/{{experiment}}.tsv"
     shell:
         "python -m detnas compare --experiment {wildcards.experiment} --final {input.finals}"
-        " --history {params.histories} --csv {output.csv} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"
+        " --history {params.histories} {params.random_archs} --csv {output.csv} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"

@@ -93,7 +93,9 @@ def evaluate_info(w):
 
 
 def primary_metric(w):
-    return "AP50" if detection_data(experiment(w.experiment)["data"])["type"] == "voc" else "AP"
+    # VOC: the PASCAL VOC 2007 11-point AP at IoU 0.5, difficult objects ignored (the paper's VOC
+    # figure; `evaluate` then adds the area variant and per-class APs). COCO: COCOeval's mmAP.
+    return "mAP50_voc07" if detection_data(experiment(w.experiment)["data"])["type"] == "voc" else "AP"
 
 
 rule evaluate:
@@ -102,7 +104,7 @@ rule evaluate:
     output:
         final=f"{R}/{{experiment}}/{{method}}/final.json",
     wildcard_constraints:
-        method="random|clsnas|scratch|shufflenetv2",
+        method="random|clsnas|scratch|shufflenetv2|shufflenetv2_unscaled|random_arch_[0-9]+",
     params:
         info=evaluate_info,
         primary=primary_metric,

@@ -50,15 +50,42 @@ rule search:
         " --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"
 
 
+# The hand-crafted ShuffleNetV2 as in the paper ("scaled to 300M FLOPs"): the all-3x3 path of the
+# experiment's space with every channel count times the one factor that brings its backbone within 2%
+# of the experiment's FLOPs limit (at or under it where the channel rounding allows). Its arch.json names
+# the scaled space (e.g. small@w1.0703), which the retraining builds. Without a limit (max_mflops: null)
+# there is nothing to match: the unscaled path, as shufflenetv2_unscaled.
+def handcrafted_scale_arg(w):
+    limit = experiment(w.experiment)["search"]["max_mflops"]
+    return "" if limit is None else f"--scale-to {limit}"
+
+
 rule handcrafted_arch:
     output:
         arch=f"{R}/{{experiment}}/shufflenetv2/search/arch.json",
     params:
         space=lambda w: pretrain_run(experiment(w.experiment)["pretrain"])["space"],
+        scale_arg=handcrafted_scale_arg,
+        method="shufflenetv2",
     log:
         f"{R}/logs/handcrafted_arch/{{experiment}}.log",
     benchmark:
         f"{R}/benchmarks/handcrafted_arch/{{experiment}}.tsv"
     shell:
-        "python -m detnas fixed-arch --space {params.space} --uniform 0 --method shufflenetv2"
+        "python -m detnas fixed-arch --space {params.space} --uniform 0 {params.scale_arg} --method {params.method}"
         " --out {output.arch} > {log} 2>&1"
+
+
+# The all-3x3 path of the space as it is (262.7M in small, 1036.7M in large): the handicapped baseline
+# this project used before the paper's scaling, kept to show what the width is worth.
+use rule handcrafted_arch as handcrafted_arch_unscaled with:
+    output:
+        arch=f"{R}/{{experiment}}/shufflenetv2_unscaled/search/arch.json",
+    params:
+        space=lambda w: pretrain_run(experiment(w.experiment)["pretrain"])["space"],
+        scale_arg="",
+        method="shufflenetv2_unscaled",
+    log:
+        f"{R}/logs/handcrafted_arch_unscaled/{{experiment}}.log",
+    benchmark:
+        f"{R}/benchmarks/handcrafted_arch_unscaled/{{experiment}}.tsv"
