@@ -54,4 +54,4 @@ rule unknown_method:
     output:
         f"{R}/{{experiment}}/{{method}}/final.json",
     wildcard_constraints:
-        method=rf"(?!(?:{'|'.join(m for m in METHODS if m != 'detnas')}|random_arch_[0-9]+)\b)[A-Za-z0-9_]+",
+        method=rf"(?!(?:{'|'.join(m for m in METHODS + EXTRA_METHODS if m != 'detnas')}|random_arch_[0-9]+)\b)[A-Za-z0-9_]+",

@@ -484,6 +484,7 @@ def _report(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .formatting import fmt_number
+    from .stages.compare import fmt_cell
 
     df = pd.read_csv(table, dtype={"arch": str})
     primary = _primary_metric(df, root, table)
@@ -501,7 +502,7 @@ def _report(args: argparse.Namespace) -> int:
         std = df.get("primary_value_std" if col == primary else f"{col}_std")
         for i in [] if std is None else df.index[std.notna()]:
             shown.loc[i, col] = f"{fmt_number(shown.loc[i, col])} +- {fmt_number(std[i])}"
-    print(shown.map(lambda v: fmt_number(v) if isinstance(v, float) else v).to_string(index=False))
+    print(shown.map(fmt_cell).to_string(index=False))
     print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png)")
     print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
     print(f"logs:        {args.results.resolve()}/logs/")

@@ -160,3 +160,12 @@ def test_cancelled_training_job_is_resubmitted_and_resumes(tmp_path, capsys):
     metrics = json.loads((wd / "results/pretrain/micro/metrics.json").read_text())
     assert metrics["history"][-1]["step"] == iterations
     assert (wd / target).stat().st_size > 0
+
+    # both SLURM jobs logged to one MLflow run, which ends FINISHED with its whole loss curve
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain-micro").experiment_id])
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert steps == [r["step"] for r in metrics["history"]]

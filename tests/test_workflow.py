@@ -23,7 +23,7 @@ def test_dry_run_plans_every_experiment(tmp_path):
     methods = len(METHODS)  # each retrained and evaluated; DetNAS's evaluation is evaluate_detnas
     assert jobs["compare"] == n and jobs["evaluate_detnas"] == n and jobs["evaluate"] == (methods - 1) * n + randoms
     assert jobs["search"] == 4 * n and jobs["finetune_supernet"] == 2 * n
-    assert jobs["handcrafted_arch"] == jobs["handcrafted_arch_unscaled"] == n
+    assert jobs["handcrafted_arch"] == n
     assert jobs["random_arch"] == randoms and jobs["random_archs_summary"] == n
     assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == methods * n + randoms
     # shared stages once: one pre-training per pretrain entry, one split per dataset
@@ -78,7 +78,7 @@ def test_pretrain_target_runs_and_reruns_only_what_changed(tmp_path):
 
 FINAL_FIELDS = {"experiment", "method", "dataset", "detector", "arch", "space", "mflops", "backbone_params_m",
                 "AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "mlflow_run_id", "primary_metric", "classifier_params_m"}
-METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2", "shufflenetv2_unscaled"]
+METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2"]
 RANDOM_ARCHS = ["random_arch_1", "random_arch_2"]  # the micro config's random_archs: {count: 2}
 
 
@@ -89,10 +89,11 @@ def test_end_to_end_dag_all_methods(tmp_path):
     from mlflow.tracking import MlflowClient
 
     wd = make_workdir(tmp_path)
-    proc = snakemake(wd, "--cores", "2")  # the default target: the demo experiment's comparison
+    # the default target (the demo experiment's comparison) and the unscaled ShuffleNetV2, a target of its own
+    proc = snakemake(wd, "--cores", "2", "all", "results/shapes_fpn/shufflenetv2_unscaled/final.json")
     assert "Finished" in proc.stdout + proc.stderr
     finals = {m: json.loads((wd / "results/shapes_fpn" / ("final.json" if m == "detnas" else f"{m}/final.json")).read_text())
-              for m in METHODS + RANDOM_ARCHS}
+              for m in METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"]}
     for method, final in finals.items():
         assert FINAL_FIELDS <= set(final), method
         assert final["method"] == method and final["experiment"] == "shapes_fpn" and len(final["arch"]) == 8
@@ -113,7 +114,7 @@ def test_end_to_end_dag_all_methods(tmp_path):
     client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
     exp = client.get_experiment_by_name("shapes_fpn")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
-    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS)
+    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"])
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"experiment", "detector", "dataset", "space", "arch", "git_commit", "wildcards"} <= set(r.data.tags)
@@ -130,13 +131,13 @@ def test_end_to_end_dag_all_methods(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the embedded default store
     report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True, env=env)
-    assert report.returncode == 0 and "shufflenetv2_unscaled" in report.stdout and "random archs (n=2)" in report.stdout
+    assert report.returncode == 0 and "shufflenetv2" in report.stdout and "random archs (n=2)" in report.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{wd.resolve()}/results/mlflow.db" in report.stdout
 
     # the MLflow UI's own search (what its run comparison shows) finds the final runs
     ui_uri = report.stdout.split("mlflow ui --backend-store-uri ")[1].split()[0]
     runs = _ui_search(ui_uri, exp.experiment_id, "tags.stage = 'evaluate' and tags.experiment = 'shapes_fpn'")
-    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS)
+    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"])
 
 
 def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:

@@ -14,7 +14,7 @@ from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_comparison
 from ..tracking import StageRun
 
-__all__ = ["COLUMNS", "run_compare", "run_random_archs_summary", "summarize_finals"]
+__all__ = ["COLUMNS", "fmt_cell", "run_compare", "run_random_archs_summary", "summarize_finals"]
 
 COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "primary_metric", "primary_value", "AP", "AP50", "AP75",
            "APs", "APm", "APl", "top1", "search_fitness", "search_evaluations", "mlflow_run_id"]
@@ -28,7 +28,8 @@ def random_archs_row(summary: dict[str, Any]) -> dict[str, Any]:
     """The comparison row of the random architectures: "random archs (n=N)", each column's mean and
     its std in ``<column>_std``."""
     m = summary["metrics"]
-    row: dict[str, Any] = {c: m[c]["mean"] if c in m else None for c in COLUMNS + VOC_COLUMNS}
+    row: dict[str, Any] = {c: m[c]["mean"] if c in m else None for c in COLUMNS}
+    row.update({c: m[c]["mean"] for c in VOC_COLUMNS if c in m})  # VOC experiments only
     row.update({f"{c}_std": m[c]["std"] if c in m else None for c in (s.removesuffix("_std") for s in STD_COLUMNS)})
     row.update(method=f"random archs (n={summary['n']})", arch=None, mlflow_run_id=None,
                primary_metric=summary.get("primary_metric"))
@@ -42,7 +43,14 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
         col = std.removesuffix("_std")
         for i in table.index[table[std].notna()]:
             out.loc[i, col] = f"{fmt_number(table.loc[i, col])} +- {fmt_number(table.loc[i, std])}"
-    return out.map(lambda v: fmt_number(v) if isinstance(v, float) else v)
+    return out.map(fmt_cell)
+
+
+def fmt_cell(value: Any) -> Any:
+    """A table cell as printed: numbers by ``fmt_number``, a missing value as "-"."""
+    if isinstance(value, float):
+        return "-" if value != value else fmt_number(value)
+    return value
 
 
 def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path, png_out: Path,

@@ -27,6 +27,8 @@ def experiment_tags(name, **more):
 
 
 rule finetune_supernet:
+    # the supernet chain is the critical path: before the baselines that need no supernet
+    priority: 1
     input:
         unpack(finetune_supernet_input),
     output:

@@ -8,6 +8,8 @@ def pretrain_settings(name):
 
 
 rule pretrain_supernet:
+    # the supernet chain is the critical path: before the baselines that need no supernet
+    priority: 1
     input:
         split=lambda w: f"{cls_dir(pretrain_run(w.pretrain)['data'])}/split.json",
     output:

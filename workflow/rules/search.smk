@@ -23,6 +23,8 @@ def search_settings(name, method):
 
 
 rule search:
+    # the supernet chain is the critical path: before the baselines that need no supernet
+    priority: 1
     input:
         unpack(search_input),
     output:
