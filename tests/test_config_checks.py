@@ -192,4 +192,5 @@ def test_paper_schedule_by_detector_and_dataset(tmp_path):
     assert schedules["coco_retinanet"] == {**paper, "iterations": 90000, "lr": 0.01, "milestones": [60000, 80000]}
     assert schedules["voc_fpn"] == {**paper, "iterations": 22500, "lr": 0.02, "milestones": [15000, 20000]}
     assert schedules["voc_retinanet"] == {**paper, "iterations": 22500, "lr": 0.01, "milestones": [15000, 20000]}
-    assert schedules["shapes_fpn"]["iterations"] == 500  # an experiment's own schedule stays
+    own = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["experiments"]["shapes_fpn"]["finetune"]["schedule"]
+    assert schedules["shapes_fpn"]["iterations"] == own["iterations"]  # an experiment's own schedule stays
