@@ -302,6 +302,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_search)
 
 
+def _unsearched_arch(table: Any, space: Any, arch: Any, method: str, **extra: Any) -> dict[str, Any]:
+    """An arch.json record, as a search writes it, for an architecture that was not searched for."""
+    return {"method": method, "arch": str(arch), "space": space.name, **extra, "fitness": None,
+            "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
+            "evaluations": 0}
+
+
 def _fixed_arch(args: argparse.Namespace) -> int:
     from .flops import cost_table, match_width
     from .io import write_json_atomic
@@ -314,10 +321,8 @@ def _fixed_arch(args: argparse.Namespace) -> int:
         space, arch = match.space, match.arch
     table = cost_table(space)
     base, factor = split_space_name(space.name)
-    result = {"method": args.method, "arch": str(arch), "space": space.name, "base_space": base,
-              "width_factor": factor, "scaled_to_mflops": args.scale_to, "fitness": None,
-              "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
-              "evaluations": 0}
+    result = _unsearched_arch(table, space, arch, args.method, base_space=base, width_factor=factor,
+                              scaled_to_mflops=args.scale_to)
     write_json_atomic(result, args.out)
     width = f", every channel of {base!r} x{factor:.4f}" if factor != 1.0 else ""
     print(f"{args.method}: {arch} of space {space.name} ({result['mflops']:.1f} MFLOPs{width}), no search")
@@ -412,9 +417,8 @@ def _random_arch(args: argparse.Namespace) -> int:
     if not 1 <= args.index <= args.count:
         raise ValueError(f"--index must be in 1..{args.count}, got {args.index}")
     arch = random_architectures(space, args.count, lambda a: lo <= table.backbone_macs(a) <= hi, args.seed)[args.index - 1]
-    result = {"method": f"random_arch_{args.index}", "arch": str(arch), "space": space.name, "fitness": None,
-              "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
-              "evaluations": 0, "random_archs": {"index": args.index, "count": args.count, "seed": args.seed}}
+    result = _unsearched_arch(table, space, arch, f"random_arch_{args.index}",
+                              random_archs={"index": args.index, "count": args.count, "seed": args.seed})
     write_json_atomic(result, args.out)
     print(f"random architecture {args.index} of {args.count} (seed {args.seed}): {arch} ({result['mflops']:.1f} MFLOPs)")
     return 0
