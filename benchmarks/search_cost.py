@@ -22,7 +22,7 @@ import yaml
 from detnas.evaluate import DetectionImages
 from detnas.stages.finetune import detector_from_checkpoint
 from detnas.space import get_space
-from detnas.stages.search import DetectionScorer
+from detnas.scoring import DetectionScorer
 from detnas.supernet import set_path
 
 

@@ -16,32 +16,25 @@ import csv
 import io
 import json
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from ..data.classification import ClassificationDataset, classification_transforms, normalize_images
-from ..distributed import Dist, init_distributed, set_threads
 from ..checkpoint import resume_key, stale_reason
-from ..engine import recalibrate_bn
-from ..evaluate import DetectionImages, evaluate_detector
+from ..distributed import Dist, init_distributed, set_threads
 from ..flops import cost_table
 from ..formatting import fmt_number
-from ..io import load_checkpoint, read_json, write_json_atomic, write_text_atomic
+from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
+from ..scoring import ClassificationScorer, DetectionScorer, build_scorer
 from ..search import Candidate, SearchSettings, best, run_search, top
 from ..settings import known_keys
-from ..space import Arch, SearchSpace, get_space
-from ..supernet import Supernet, set_path
+from ..space import Arch, SearchSpace
 from ..tracking import StageRun
-from .finetune import detector_from_checkpoint
 
-__all__ = ["ClassificationScorer", "DetectionScorer", "StageSearchSettings", "run_search_stage"]
+__all__ = ["ClassificationScorer", "DetectionScorer", "StageSearchSettings", "run_search_stage"]  # scorers re-exported
 
 
 @dataclass(frozen=True)
@@ -73,81 +66,6 @@ class StageSearchSettings:
         return SearchSettings(population=self.population, parents=self.parents, generations=self.generations,
                               mutation_prob=self.mutation_prob, method="random" if self.method == "random" else "evolution",
                               mutations=self.mutations, crossovers=self.crossovers)
-
-
-def _candidate_seed(seed: int, arch: Arch) -> int:
-    # recalibration samples proposals at random: seed it by the candidate, not by the order or rank
-    return zlib.crc32(f"{seed}:{arch}".encode())
-
-
-class DetectionScorer:
-    """mmAP (AP@[.5:.95]) of a path of the fine-tuned detection supernet, after BN recalibration."""
-
-    def __init__(self, model: nn.Module, val: DetectionImages, recal: DetectionImages, *, batch_size: int,
-                 device: torch.device, seed: int) -> None:
-        self.model, self.val, self.recal = model, val, recal
-        self.batch_size, self.device, self.seed = batch_size, device, seed
-        self.last_metrics: dict[str, float] = {}
-
-    def __call__(self, arch: Arch) -> float:
-        set_path(self.model, arch)
-        torch.manual_seed(_candidate_seed(self.seed, arch))
-        recalibrate_bn(self.model, self.recal.batches(self.batch_size, self.device), lambda b: self.model(*b))
-        self.last_metrics = evaluate_detector(self.model, self.val, batch_size=self.batch_size, device=self.device)
-        return self.last_metrics["AP"]
-
-
-class ClassificationScorer:
-    """Top-1 of a path of the pre-trained classification supernet on held-out training images,
-    after BN recalibration on other training images.
-
-    Images are uint8 (B, 3, H, W), normalized batch by batch: ImageNet's 50,000 held-out images at
-    224 px take 7.5 GB this way, 30 GB as float32.
-    """
-
-    def __init__(self, model: nn.Module, val: tuple[Tensor, Tensor], recal: Tensor, *, batch_size: int,
-                 device: torch.device) -> None:
-        self.model, self.batch_size, self.device = model, batch_size, device
-        self.val_x, self.val_y = val
-        # split once: every candidate recalibrates on the same batches
-        self.recal_batches = [normalize_images(recal[i:i + batch_size].to(device))
-                              for i in range(0, len(recal), batch_size)]
-        self.last_metrics: dict[str, float] = {}
-
-    def __call__(self, arch: Arch) -> float:
-        set_path(self.model, arch)
-        recalibrate_bn(self.model, self.recal_batches, self.model)
-        with torch.no_grad():
-            correct = sum(
-                int((self.model(normalize_images(self.val_x[i:i + self.batch_size].to(self.device))).argmax(1).cpu()
-                     == self.val_y[i:i + self.batch_size]).sum())
-                for i in range(0, len(self.val_x), self.batch_size)
-            )
-        top1 = correct / len(self.val_x)
-        self.last_metrics = {"top1": top1}
-        return top1
-
-
-def _stack(dataset: ClassificationDataset, limit: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    idx = np.arange(len(dataset))
-    if limit is not None and limit < len(idx):
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
-    items = [dataset[int(i)] for i in idx]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
-def _classification_scorer(supernet_file: Path, split_file: Path, s: StageSearchSettings, device: torch.device) -> ClassificationScorer:
-    ckpt = load_checkpoint(supernet_file, map_location=device)
-    space = get_space(ckpt["space"])
-    model = Supernet(space, num_classes=len(ckpt["classes"]), dropout=ckpt.get("dropout", 0.1)).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    split = read_json(split_file)
-    transform = classification_transforms(train=False, image_size=int(ckpt["image_size"]), normalize=False)
-    holdout = set(split["holdout"])
-    val = _stack(ClassificationDataset(Path(split["root"]), transform=transform, include=holdout), s.eval_images, s.seed)
-    recal_x, _ = _stack(ClassificationDataset(Path(split["root"]), transform=transform, exclude=holdout),
-                        s.recalibration_images, s.seed)
-    return ClassificationScorer(model, val, recal_x, batch_size=max(s.batch_size, 32), device=device)
 
 
 class _ScoreLog:
@@ -231,17 +149,9 @@ def run_search_stage(
     dist = init_distributed(device)
     set_threads(threads, dist.world_size)
     t0 = time.perf_counter()
-    if s.method == "clsnas":
-        scorer: Any = _classification_scorer(supernet, val_file, s, dist.device)
-        space = scorer.model.space
-    else:
-        model, meta = detector_from_checkpoint(supernet, dist.device)
-        space = get_space(meta["space"])
-        if recal_file is None:
-            raise ValueError("detection search needs --recal (the supernet's training annotations)")
-        val = DetectionImages.load(val_file, limit=s.eval_images, seed=s.seed)
-        recal = DetectionImages.load(recal_file, limit=s.recalibration_images, seed=s.seed, with_objects=True)
-        scorer = DetectionScorer(model, val, recal, batch_size=s.batch_size, device=dist.device, seed=s.seed)
+    scorer, space = build_scorer("classification" if s.method == "clsnas" else "detection", supernet, val_file,
+                                 recal_file, eval_images=s.eval_images, recalibration_images=s.recalibration_images,
+                                 batch_size=s.batch_size, seed=s.seed, device=dist.device)
     prep_seconds = time.perf_counter() - t0
     if not dist.is_main:
         _worker_loop(dist, scorer, space, cost_table(space).backbone_macs)

@@ -1,70 +1,13 @@
-"""Plots a person would rather look at than read: training curves, search curves, comparisons."""
+"""The methods of an experiment side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from .style import integer_axis, plt, save, zero_floor
 
-matplotlib.use("Agg")  # headless: jobs run on cluster nodes without a display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .io import atomic_path  # noqa: E402
-
-__all__ = ["plot_search_curves", "plot_training_curves"]
-
-
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, *, title: str) -> None:
-    """Loss terms and learning rate against the step, from ``Progress.history`` rows."""
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-    steps = [r["step"] for r in history]
-    keys = [k for k in (history[0] if history else {}) if k not in ("step", "lr", "images_per_s")]
-    for k in keys:
-        ax_loss.plot(steps, [r.get(k, float("nan")) for r in history], label=k, lw=1.6 if k == "loss" else 1.0)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.grid(alpha=0.3)
-    if len(keys) > 1:
-        ax_loss.legend(fontsize=8)
-    ax_lr.plot(steps, [r["lr"] for r in history], color="tab:orange")
-    ax_lr.set_xlabel("step")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.grid(alpha=0.3)
-    fig.suptitle(title)
-    _save(fig, path)
-
-
-def plot_search_curves(
-    histories: dict[str, Sequence[Any]], path: str | Path, *, population: int, ylabel: str
-) -> None:
-    """Best-so-far fitness (solid) and the mean of the best ``population`` so far (dashed) against
-    the generation, one colour per method (the paper's Fig. 2 for DetNAS vs random search).
-
-    ``histories``: method -> scored candidates with ``generation`` and ``fitness``.
-    """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (method, history) in enumerate(histories.items()):
-        gens = sorted({c.generation for c in history})
-        best, mean = [], []
-        for g in gens:
-            so_far = sorted((c.fitness for c in history if c.generation <= g), reverse=True)
-            best.append(so_far[0])
-            mean.append(sum(so_far[:population]) / len(so_far[:population]))
-        color = f"C{i}"
-        ax.plot(gens, best, "-o", color=color, label=f"{method}: best", ms=3)
-        ax.plot(gens, mean, "--", color=color, label=f"{method}: top-{population} mean")
-    ax.set_xlabel("generation")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+__all__ = ["plot_comparison"]
 
 
 def plot_comparison(table: Any, curves: dict[str, Any], path: str | Path, *, title: str) -> None:
@@ -110,4 +53,4 @@ def plot_comparison(table: Any, curves: dict[str, Any], path: str | Path, *, tit
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
