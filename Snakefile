@@ -37,6 +37,8 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/retrain.smk"
 include: "workflow/rules/random_archs.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/ranking.smk"
+include: "workflow/rules/architectures.smk"
 include: "workflow/rules/selfcheck.smk"
 
 
