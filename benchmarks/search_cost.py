@@ -1,8 +1,12 @@
-"""Cost of scoring search candidates on the shapes experiment's fine-tuned supernet.
+"""Cost of scoring search candidates on the shapes experiment's fine-tuned supernet, and the memory
+the search's images take.
 
-Prints candidates scored per minute, and the time of scoring a candidate divided by the pure model
-compute it needs: the recalibration forwards plus the evaluation forwards, on tensors that are
-already prepared (target <= 1.3). Needs the fine-tuned supernet (make demo, or
+Prints candidates scored per minute, and the time of scoring a candidate (images kept encoded,
+decoded batch by batch as the search does) divided by the pure model compute it needs: the
+recalibration forwards plus the evaluation forwards on tensors decoded beforehand (target <= 1.15).
+Then the resident memory per 1,000 images, kept decoded (the search before) and kept encoded (the
+search now), on the demo's images and on generated 640x480 JPEGs like COCO's (target: encoded
+<= 25% of decoded). Needs the fine-tuned supernet (make demo, or
 snakemake results/shapes_fpn/supernet_pretrained/supernet.pt).
 
     python benchmarks/search_cost.py [--experiment shapes_fpn] [--candidates 8]
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +25,9 @@ import numpy as np
 import torch
 import yaml
 
+from detnas.data.coco import prepare_detection
 from detnas.evaluate import DetectionImages
+from detnas.io import write_json_atomic
 from detnas.stages.finetune import detector_from_checkpoint
 from detnas.space import get_space
 from detnas.scoring import DetectionScorer
@@ -48,6 +56,10 @@ def main() -> None:
     recal = DetectionImages.load(f"{data}/supernet_train.json", limit=search["recalibration_images"],
                                  seed=search["seed"], with_objects=True)
     prep = time.perf_counter() - t
+    # the pure model compute's inputs: every batch decoded and converted beforehand
+    bs = search["batch_size"]
+    recal_batches = list(recal.batches(bs, device))
+    val_batches = [ims for ims, _ in val.batches(bs, device)]
     scorer = DetectionScorer(model, val, recal, batch_size=search["batch_size"], device=device, seed=search["seed"])
     space = get_space(meta["space"])
     rng = np.random.default_rng(0)
@@ -64,16 +76,38 @@ def main() -> None:
         t = time.perf_counter()
         with torch.no_grad():
             model.train()
-            for batch in recal.batches(search["batch_size"], device):
+            for batch in recal_batches:
                 model(*batch)
             model.eval()
-            for ims, _ in val.batches(search["batch_size"], device):
+            for ims in val_batches:
                 model(ims)
         pure.append(time.perf_counter() - t)
         print(f"  {arch}: mmAP {fitness:.4f}, scored in {full[-1]:.2f} s, model compute {pure[-1]:.2f} s")
     ratio = statistics.median(f / p for f, p in zip(full, pure))
     print(f"candidates scored per minute: {60 / statistics.mean(full):.1f}")
-    print(f"scoring time / pure model compute: {ratio:.3f} (median over {len(archs)} candidates; target <= 1.3)")
+    print(f"scoring time / pure model compute: {ratio:.3f} (median over {len(archs)} candidates; target <= 1.15)")
+    print("search images in memory (the tensors' bytes):")
+    _memory(f"{data}/search_val.json", "demo images")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from split_decode import HEIGHT, WIDTH, _write_images  # the same generated JPEGs as the split benchmark
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ann_file, _ = _write_images(Path(tmp), 200)
+        write_json_atomic(prepare_detection(ann_file, [Path(tmp) / "images"]), Path(tmp) / "prepared.json")
+        _memory(Path(tmp) / "prepared.json", f"{WIDTH}x{HEIGHT} JPEGs")
+
+
+def _memory(ann_file: str | Path, what: str) -> None:
+    """Bytes the images of ``ann_file`` hold in memory kept decoded vs encoded, per 1,000 images."""
+    held = {}
+    for name, decoded in (("decoded (before)", True), ("encoded (now)", False)):
+        images = DetectionImages.load(ann_file, decoded=decoded)
+        held[name] = images.nbytes() * 1000 / len(images)
+        del images
+    for name, b in held.items():
+        print(f"  {what:>15} {name:>16}: {b / 2**20:8.1f} MiB per 1,000 images")
+    ratio = held["encoded (now)"] / held["decoded (before)"]
+    print(f"  {what:>15} encoded / decoded: {ratio:.1%} (target <= 25%)")
 
 
 if __name__ == "__main__":

@@ -365,24 +365,40 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image_id = self.image_ids[index]
+    def _path(self, image_id: int) -> Path:
         info = self.coco.imgs[image_id]
         path = resolve_image(info["file_name"], self.image_roots)
         if path is None:
             raise DataError(
                 f"{self.ann_file}: image '{info['file_name']}' not found under {[str(r) for r in self.image_roots]}"
             )
+        return path
+
+    def target(self, index: int) -> dict[str, Any]:
+        """The boxes (XYXY, float32 (N, 4), pixels), labels (int64 (N,), 1..K) and image id of image
+        ``index``, without its pixels (no flip)."""
+        image_id = self.image_ids[index]
+        objs = self._objects(image_id)
+        boxes = torch.tensor([a["bbox"] for a in objs], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        labels = torch.tensor([self._label[a["category_id"]] for a in objs], dtype=torch.int64)
+        return {"boxes": boxes, "labels": labels, "image_id": image_id}
+
+    def encoded(self, index: int) -> torch.Tensor:
+        """Image ``index``'s file bytes as they are on disk (uint8, 1-D): a fraction of the decoded size."""
+        return read_file(str(self._path(self.image_ids[index])))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self._path(image_id)
         try:
             image = decode_rgb(path, info["width"], info["height"])  # uint8 (3, H, W)
         except DataError as e:
             raise DataError(f"{self.ann_file}: {e}") from e
         h, w = image.shape[-2:]
-
-        objs = self._objects(image_id)
-        boxes = torch.tensor([a["bbox"] for a in objs], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
-        labels = torch.tensor([self._label[a["category_id"]] for a in objs], dtype=torch.int64)
+        target = self.target(index)
+        boxes = target["boxes"]
         if self.uint8:  # caches keep 1 byte per value; the model's transform converts per batch
             image = image.contiguous()
         else:
@@ -392,7 +408,7 @@ class DetectionDataset(Dataset):
             boxes_tv = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))
             img_tv, boxes_tv = self._flip(img_tv, boxes_tv)
             image, boxes = img_tv.as_subclass(torch.Tensor), boxes_tv.as_subclass(torch.Tensor)
-        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
+        return image, {**target, "boxes": boxes}
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
