@@ -18,12 +18,27 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The embedded demo end to end on this machine: synthetic data, the five methods, the comparison.
+# The embedded demo end to end on this machine: synthetic data, the five methods, the comparison,
+# then the report.
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/python -m detnas report
+	@$(MAKE) --no-print-directory report
 
+# results/report.html: every figure and table of the default target's jobs, each with its caption,
+# then the comparison as text. It reports what the workflow made: a missing result stops it with
+# the file's name (Snakemake's own output is shown only when it fails).
 report: $(STAMP)
+	@log=$$(mktemp); \
+	if ! $(BIN)/snakemake --report results/report.html > $$log 2>&1; then \
+		cat $$log >&2; \
+		missing=$$(sed -n 's/^File \(.*\) marked for report but does not exist\.$$/\1/p' $$log | head -n 1); \
+		if [ -n "$$missing" ]; then \
+			echo "make report: $$missing does not exist: the workflow has not run to the end yet;" \
+				"run it first ('make demo', or '$(BIN)/snakemake --cores $(CORES)' for the default target)" >&2; \
+		fi; \
+		rm -f $$log; exit 1; \
+	fi; \
+	rm -f $$log; echo "report: results/report.html (open it in a browser)"
 	$(BIN)/python -m detnas report
 
 clean-results:

@@ -108,7 +108,7 @@ SETTINGS_KEYS = {
                  "eval_batch_size", "schedule_factor"],
     "search": ["method", "population", "parents", "generations", "mutation_prob", "mutations", "crossovers",
                "max_mflops", "min_mflops",
-               "recalibration_images", "eval_images", "batch_size", "seed"],
+               "recalibration_images", "eval_images", "batch_size", "seed", "repeats"],
     "split-detection": ["sources", "split", "check_images"],
     "split-classification": ["train", "val", "holdout"],
     "synthesize": ["num_train", "num_test", "image_size", "max_objects", "seed (detection)",
@@ -404,6 +404,77 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_compare)
 
 
+def _ranking(args: argparse.Namespace) -> int:
+    from .stages.ranking import run_ranking_stage
+
+    run_ranking_stage(
+        args.settings, finals=args.final, detection_supernet=args.detection_supernet,
+        detection_val=args.detection_val, detection_recal=args.detection_recal,
+        detection_histories=args.detection_history, classification_supernet=args.classification_supernet,
+        classification_split=args.classification_split, classification_histories=args.classification_history,
+        json_out=args.json, png_out=args.png, experiment=args.experiment, mlflow=args.mlflow,
+        threads=args.threads, device=args.device, bootstrap_samples=args.bootstrap_samples,
+    )
+    return 0
+
+
+def _add_ranking(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ranking", help="does the supernet rank architectures as retraining does? -> ranking.json, .png",
+                       description="Pair the supernet fitness of every retrained architecture that is a path of the "
+                       "supernet with its test metric, for the detection supernet (mmAP on the search split, DetNAS's "
+                       "fitness) and the pre-trained classification supernet (top-1, ClsNAS's fitness); report Kendall "
+                       "tau-b and Spearman rho with 90% bootstrap intervals and plot them. A fitness found in a search "
+                       "history is reused; the others are scored with the search's scorer and settings.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--settings", type=_json_arg, required=True,
+                   help=f"the experiment's search settings as JSON, or @file; keys: {', '.join(SETTINGS_KEYS['search'])} "
+                        "(method is not needed; meanings and defaults: workflow/schemas/config.schema.yaml)")
+    p.add_argument("--final", type=Path, nargs="+", required=True,
+                   help="final.json of each retrained architecture; those of another space are left out")
+    p.add_argument("--detection-supernet", type=Path, required=True,
+                   help="the detection supernet fine-tuned from the pre-trained supernet")
+    p.add_argument("--detection-val", type=Path, required=True, help="search-validation annotations")
+    p.add_argument("--detection-recal", type=Path, required=True, help="the supernet's training annotations")
+    p.add_argument("--detection-history", type=Path, nargs="*", default=[],
+                   help="history.csv of searches on that supernet (detnas, random): fitness reused")
+    p.add_argument("--classification-supernet", type=Path, required=True, help="the pre-trained classification supernet")
+    p.add_argument("--classification-split", type=Path, required=True, help="its split.json")
+    p.add_argument("--classification-history", type=Path, nargs="*", default=[],
+                   help="history.csv of searches on that supernet (clsnas): fitness reused")
+    p.add_argument("--bootstrap-samples", type=int, default=2000)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--png", type=Path, required=True)
+    _stage_args(p, settings=False, compute=True)
+    p.set_defaults(func=_ranking)
+
+
+def _search_curves(args: argparse.Namespace) -> int:
+    from .stages.search_curves import run_search_curves
+
+    histories = {}
+    for item in args.history:
+        method, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--history {item!r}: expected METHOD=history.csv")
+        histories[method] = Path(path)
+    run_search_curves(histories, population=args.population, png_out=args.png, json_out=args.json,
+                      title=args.title, ylabel=args.ylabel)
+    return 0
+
+
+def _add_search_curves(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search-curves", help="searches side by side against the generation (Fig. 2), over repeats",
+                       description="Draw the best and the top-k mean fitness per generation of each search, as the "
+                       "mean over its repeats with a min-max band, and write the curves' data as JSON.")
+    p.add_argument("--history", nargs="+", required=True, help="METHOD=history.csv of each search")
+    p.add_argument("--population", type=int, required=True, help="k of the top-k mean (the search's population)")
+    p.add_argument("--title", default="", help="the figure's title (name the experiment and the supernet)")
+    p.add_argument("--ylabel", default="mmAP (search split)", help="what the fitness is")
+    p.add_argument("--png", type=Path, required=True)
+    p.add_argument("--json", type=Path, required=True)
+    p.set_defaults(func=_search_curves)
+
+
 def _random_arch(args: argparse.Namespace) -> int:
     from .flops import cost_table
     from .io import write_json_atomic
@@ -457,6 +528,30 @@ def _add_random_archs_summary(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_random_archs_summary)
 
 
+def _plot_archs(args: argparse.Namespace) -> int:
+    from .stages.architectures import run_plot_archs
+
+    run_plot_archs(args.item, out=args.out, title=args.title, labels=args.label or [], published=args.published)
+    return 0
+
+
+def _add_plot_archs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot-archs", help="draw architectures as rows of blocks coloured by choice (Fig. 4)",
+                       description="Draw backbones block by block, coloured by choice (ShuffleNetV2 3x3, 5x5, 7x7, "
+                       "Xception), stages apart, each row labelled with its backbone MACs at 224x224: the paper's "
+                       "Fig. 4. An item is a published name (see `flops`), SPACE:ENCODING (e.g. "
+                       "small:21202112331300313132) or an arch.json written by a search; --published adds every "
+                       "published architecture, to set yours beside the paper's.")
+    p.add_argument("item", nargs="*", help="published name, SPACE:ENCODING or arch.json file, drawn top to bottom")
+    p.add_argument("--label", action="append",
+                   help="row label of the next item, in order (repeatable; default: the name, the arch.json's "
+                   "method folder, or SPACE:ENCODING)")
+    p.add_argument("--published", action="store_true", help="also draw every published architecture, after the items")
+    p.add_argument("--title", default="Backbone architectures", help="the figure's title")
+    p.add_argument("--out", type=Path, required=True, help="the figure (PNG, or PDF/SVG by the suffix)")
+    p.set_defaults(func=_plot_archs)
+
+
 def _primary_metric(df: Any, root: Path, table: Path) -> str:
     """The experiment's primary metric: comparison.csv's ``primary_metric`` column, else the DetNAS
     final.json's field (tables written before the column existed), else COCO's AP."""
@@ -507,7 +602,20 @@ def _report(args: argparse.Namespace) -> int:
         for i in [] if std is None else df.index[std.notna()]:
             shown.loc[i, col] = f"{fmt_number(shown.loc[i, col])} +- {fmt_number(std[i])}"
     print(shown.map(fmt_cell).to_string(index=False))
-    print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png)")
+    ranking = root / "ranking.json"
+    if ranking.is_file():  # does the supernet rank architectures as standalone training does?
+        from .io import read_json
+        from .stages.ranking import summary_lines
+
+        r = read_json(ranking)
+        print(f"\nsupernet fitness vs test {r['metric']} of the retrained architectures (90% bootstrap intervals):")
+        for line in summary_lines(r):
+            print(f"  {line}")
+    report = args.results / "report.html"
+    print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png, "
+          f"search_curves.png, ranking.json/.png, architectures.png)")
+    if report.is_file():
+        print(f"report:      {report.resolve()}")
     print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
     print(f"logs:        {args.results.resolve()}/logs/")
     print(f"MLflow UI:   mlflow ui --backend-store-uri {default_tracking_uri(args.results)}")
@@ -552,6 +660,9 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_random_arch,
     _add_random_archs_summary,
     _add_compare,
+    _add_ranking,
+    _add_search_curves,
+    _add_plot_archs,
     _add_report,
     _add_selfcheck,
 ]

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import socket
 import subprocess
 import sys
@@ -31,7 +32,10 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["StageRun", "default_tracking_uri", "flatten", "git_commit"]
 
@@ -309,6 +313,40 @@ class StageRun:
         for p in paths:
             if Path(p).is_file():
                 self._call(f"log artifact {p}", lambda p=p: self._client.log_artifact(self.run_id, str(p)))
+
+    def log_table(self, data: pd.DataFrame | dict[str, list[Any]], artifact_file: str) -> None:
+        """A table (a DataFrame, or a dict of columns) as the JSON artifact ``artifact_file`` (a
+        ``.json`` path in the run, e.g. ``comparison.json``) that the MLflow UI shows as a table in the
+        run's artifacts and, next to the same table of other runs, in the runs page's artifact view.
+        The file holds pandas' "split" layout, ``{"columns": [...], "data": [[row], ...]}``; a missing
+        value is null. MLflow appends to a table already at that path, so log each table once per run:
+        an attempt retried after its file was written only completes the run's
+        ``mlflow.loggedArtifacts`` tag (which tells the UI the file is a table)."""
+        if self.run_id is None:
+            return
+        path = posixpath.normpath(artifact_file)
+        attempted = False
+
+        def log() -> None:
+            nonlocal attempted
+            if attempted:  # an earlier attempt may have written the file, then failed
+                listed = self._client.list_artifacts(self.run_id, posixpath.dirname(path) or None)
+                if path in {f.path for f in listed}:
+                    self._mark_table(path)
+                    return
+            attempted = True
+            self._client.log_table(self.run_id, data, path)
+
+        self._call(f"log table {artifact_file}", log)
+
+    def _mark_table(self, path: str) -> None:
+        """Adds ``path`` to the run's ``mlflow.loggedArtifacts`` tag as a table, as ``log_table`` does."""
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        marked = json.loads(self._client.get_run(self.run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        if {"path": path, "type": "table"} not in marked:
+            marked.append({"path": path, "type": "table"})
+            self._client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(marked))
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._streams is not None:

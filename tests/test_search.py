@@ -173,7 +173,7 @@ def test_killed_search_resumes_without_rescoring(search_inputs, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "detnas", *search_args(search_inputs, out, settings)],
                                 stdout=log, stderr=subprocess.STDOUT)
         t = time.time()
-        while not (out / "ck" / "state.json").exists() or len(_scores(out)) < 8:
+        while not (out / "ck" / "state_repeat0.json").exists() or len(_scores(out)) < 8:
             assert time.time() - t < 120 and proc.poll() is None
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -239,3 +239,51 @@ def test_random_architectures_are_distinct_feasible_and_seeded():
     assert random_architectures(space, 20, feasible, seed=4) != archs
     with pytest.raises(ValueError, match="found only"):
         random_architectures(get_space("tiny"), 5, lambda a: str(a) == "00000000", seed=0)
+
+
+def test_repeats_use_their_own_seeds_and_the_best_over_all_is_chosen(search_inputs, tmp_path):
+    """search.repeats: 3 runs with seeds seed, seed + 1, seed + 2; one history with a repeat column; the
+    chosen architecture is the best over every repeat; the curves' data has a min-max band."""
+    import pandas as pd
+
+    from detnas.stages.search_curves import read_history, run_search_curves
+
+    small = {**SEARCH, "population": 4, "generations": 2, "seed": 5}
+    settings = {**small, "repeats": 3}
+    run_detnas(*search_args(search_inputs, tmp_path, settings))
+    chosen = json.loads((tmp_path / "arch.json").read_text())
+    history = pd.read_csv(tmp_path / "history.csv", dtype={"arch": str})
+    assert sorted(history["repeat"].unique()) == [0, 1, 2] and len(history) == chosen["evaluations"] == 24
+    assert [b["seed"] for b in chosen["best_per_repeat"]] == [5, 6, 7]
+    # different seeds, different searches: the first generations differ
+    firsts = [tuple(history[(history["repeat"] == r) & (history["generation"] == 0)]["arch"]) for r in range(3)]
+    assert len(set(firsts)) == 3
+    for r in range(3):  # each repeat's best, as the history says
+        rows = history[history["repeat"] == r]
+        assert chosen["best_per_repeat"][r]["fitness"] == rows["fitness"].max()
+    assert chosen["fitness"] == history["fitness"].max() == max(b["fitness"] for b in chosen["best_per_repeat"])
+    assert chosen["arch"] in set(history[history["fitness"] == chosen["fitness"]]["arch"])
+    # an architecture two repeats meet is scored once, with one fitness
+    assert history.groupby("arch")["fitness"].nunique().max() == 1
+    assert len(_scores(tmp_path)) == history["arch"].nunique() == chosen["distinct_evaluations"]
+
+    # the repeat seeded like a single search is that search
+    single = tmp_path / "single"
+    run_detnas(*search_args(search_inputs, single, small))
+    one = pd.read_csv(single / "history.csv", dtype={"arch": str})
+    assert list(one["arch"]) == list(history[history["repeat"] == 0]["arch"])
+
+    repeats = read_history(tmp_path / "history.csv")
+    assert [len(r) for r in repeats] == [8, 8, 8]
+    run_search_curves({"detnas": tmp_path / "history.csv", "random": single / "history.csv"}, population=4,
+                      png_out=tmp_path / "curves.png", json_out=tmp_path / "curves.json", title="t: supernet")
+    data = json.loads((tmp_path / "curves.json").read_text())["methods"]
+    ea, rnd = data["detnas"], data["random"]
+    assert ea["repeats"] == 3 and rnd["repeats"] == 1 and ea["generations"] == [0, 1]
+    band = np.array(ea["best"]["max"]) - np.array(ea["best"]["min"])
+    assert (band >= 0).all() and band.max() > 0  # three different searches: a band
+    assert ea["best"]["max"][-1] == chosen["fitness"]
+    per_repeat_best = [max(c.fitness for c in r) for r in repeats]
+    assert ea["best"]["mean"][-1] == pytest.approx(np.mean(per_repeat_best))
+    assert rnd["best"]["min"] == rnd["best"]["max"] == rnd["best"]["mean"]
+    assert (tmp_path / "curves.png").stat().st_size > 5000

@@ -1,3 +1,4 @@
+import json
 import multiprocessing as mp
 import sys
 import warnings
@@ -112,3 +113,26 @@ def test_other_jobs_runs_are_left_alone(tmp_path):
     assert MlflowClient(uri).get_run(running.run_id).info.status == "RUNNING"
     running.__exit__(None, None, None)
     assert MlflowClient(uri).get_run(running.run_id).info.status == "FINISHED"
+
+
+def test_a_table_is_logged_once_even_when_its_first_attempt_fails_late(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with StageRun(experiment="x", run_name="table", tracking_uri=uri, results_dir=tmp_path) as run:
+        get_run, calls = run._client.get_run, []
+
+        def flaky_get_run(run_id):  # log_table reads the run after writing the file: fail there once
+            calls.append(run_id)
+            if len(calls) == 1:
+                raise ConnectionError("store went away")
+            return get_run(run_id)
+
+        run._client.get_run = flaky_get_run
+        run.log_table({"method": ["detnas", "random"], "AP": [0.3, None]}, "tables/comparison.json")
+    client = MlflowClient(uri)
+    path = client.download_artifacts(run.run_id, "tables/comparison.json", str(tmp_path))
+    assert json.loads(open(path).read()) == {"columns": ["method", "AP"], "data": [["detnas", 0.3], ["random", None]]}
+    assert json.loads(client.get_run(run.run_id).data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "tables/comparison.json", "type": "table"}]  # what makes the UI show it as a table
+    assert run.enabled  # one failed attempt does not turn tracking off

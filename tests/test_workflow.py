@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from report_checks import assert_report
 from workflow import ROOT, edit_config, make_workdir, planned, snakemake
 
 
@@ -110,6 +111,15 @@ def test_end_to_end_dag_all_methods(tmp_path):
     assert table[0].startswith("method,arch,mflops")
     assert [r.split(",")[0] for r in table[1:]] == METHODS + ["random archs (n=2)"]
     assert (wd / "results/shapes_fpn/comparison.png").stat().st_size > 5000
+    # the ranking quality over every retrained path of the supernet, the search curves over 2 repeats
+    ranking = json.loads((wd / "results/shapes_fpn/ranking.json").read_text())
+    in_space = sorted(m for m in finals if m != "shufflenetv2")
+    assert sorted(m for p in ranking["points"] for m in p["methods"]) == in_space
+    assert [e["method"] for e in ranking["excluded"]] == ["shufflenetv2"]
+    assert ranking["sides"]["detection"]["n"] == len({finals[m]["arch"] for m in in_space})
+    curves = json.loads((wd / "results/shapes_fpn/search_curves.json").read_text())["methods"]
+    assert curves["detnas"]["repeats"] == curves["random"]["repeats"] == 2
+    assert (wd / "results/shapes_fpn/architectures.png").stat().st_size > 5000
 
     client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
     exp = client.get_experiment_by_name("shapes_fpn")
@@ -127,7 +137,8 @@ def test_end_to_end_dag_all_methods(tmp_path):
     assert planned(wd) == {}
     edit_config(wd, "      population: 4\n", "      population: 3\n")
     assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
-                           "evaluate_detnas": 1, "compare": 1, "all": 1}
+                           "evaluate_detnas": 1, "compare": 1, "search_curves": 1, "ranking": 1,
+                           "architectures": 1, "all": 1}
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the embedded default store
     report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True, env=env)
@@ -138,6 +149,9 @@ def test_end_to_end_dag_all_methods(tmp_path):
     ui_uri = report.stdout.split("mlflow ui --backend-store-uri ")[1].split()[0]
     runs = _ui_search(ui_uri, exp.experiment_id, "tags.stage = 'evaluate' and tags.experiment = 'shapes_fpn'")
     assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"])
+
+    # the report: every figure kind of the experiment, each with its caption
+    assert_report(wd)
 
 
 def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:

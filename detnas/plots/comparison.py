@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .style import integer_axis, plt, save, zero_floor
 
@@ -39,15 +39,22 @@ def plot_comparison(table: Any, curves: dict[str, Any], path: str | Path, *, tit
                 ax.annotate(f"{v:.3f}" if col != "mflops" else f"{v:.1f}", (x, v), xytext=(6, 0),
                             textcoords="offset points", fontsize=7, va="center")
         ax.set_title(label, fontsize=10)
+        ax.set_ylim(bottom=0)  # AP, MFLOPs and top-1 are never negative: no axis below zero
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
         ax.grid(axis="y", alpha=0.3)
     ax = axes[3]
     for i, (method, hist) in enumerate(curves.items()):
+        # best so far per generation, the mean over the search's repeats (one repeat without the column)
+        repeats = [g for _, g in hist.groupby("repeat")] if "repeat" in hist else [hist]
         gens = sorted(hist["generation"].unique())
-        best = [hist[hist["generation"] <= g]["fitness"].max() for g in gens]
-        ax.plot(gens, best, "-o", ms=3, color=f"C{methods.index(method) if method in methods else i}", label=method)
+        best = [sum(r[r["generation"] <= g]["fitness"].max() for r in repeats) / len(repeats) for g in gens]
+        label = method if len(repeats) == 1 else f"{method} (mean of {len(repeats)})"
+        ax.plot(gens, best, "-o", ms=3, color=f"C{methods.index(method) if method in methods else i}", label=label)
     ax.set_title("search: best mmAP so far (search split)", fontsize=10)
     ax.set_xlabel("generation")
+    integer_axis(ax.xaxis)
+    zero_floor(ax)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)

@@ -56,7 +56,11 @@ def fmt_cell(value: Any) -> Any:
 def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path, png_out: Path,
                 experiment: str, mlflow: dict[str, Any], random_archs: Path | None = None) -> pd.DataFrame:
     """One row per method (from its final.json), plus the random architectures' row (mean +- std,
-    from their summary.json) when given; the plot adds the search curves of ``histories``."""
+    from their summary.json) when given; the plot adds the search curves of ``histories``.
+
+    The MLflow run gets the rows of comparison.csv as the table ``comparison.json`` (shown as a table
+    in the UI), comparison.csv and comparison.png as artifacts, and each method's AP, top-1 and
+    primary metric as ``<method>_<metric>``."""
     rows = [read_json(p) for p in finals]
     for r in rows:  # final.json files written before primary_value existed
         r.setdefault("primary_value", r.get(r.get("primary_metric", "AP")))
@@ -78,6 +82,7 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
             name = "random_archs" if pd.notna(r["AP_std"]) else r["method"]  # MLflow names allow no "(n=N)"
             values = {"AP": r["AP"], "top1": r["top1"], str(r["primary_metric"] or "primary"): r["primary_value"]}
             run.log_metrics({f"{name}_{k}": v for k, v in values.items() if pd.notna(v)}, 0)
+        run.log_table(table, "comparison.json")
         run.log_artifacts(csv_out, png_out)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(_shown(table).to_string(index=False))

@@ -32,14 +32,22 @@ def _metric_key(prefix: str, name: str) -> str:
     return f"{prefix}/{'_' if clean in ('', '.', '..') else clean}"
 
 
-def _tracked(metrics: dict[str, float | None], per_class: dict[str, dict[str, Any]] | None) -> dict[str, float]:
-    """The MLflow metrics: every defined figure, and each class's VOC APs as ``AP50_voc07/<class>``."""
-    out = {k: v for k, v in metrics.items() if v is not None}  # MLflow has no "undefined"
-    for name, row in (per_class or {}).items():
+# the network's figures in final.json that MLflow gets next to the detection metrics
+_COST_AND_CLASSIFIER = ("mflops", "backbone_params_m", "classifier_params_m", "top1")
+
+
+def _tracked(final: dict[str, Any]) -> dict[str, float]:
+    """The run's MLflow metrics, from its final.json: AP..APl (and, for VOC, mAP50_voc07/12), the
+    primary metric under its name and again as ``primary``, each class's VOC APs as
+    ``AP50_voc07/<class>``, ``mflops``, ``backbone_params_m``, ``classifier_params_m`` and the
+    classifier's ``top1``. A figure that is undefined (null, or absent) is left out: MLflow has no
+    "undefined", and a 0 would read as a result."""
+    figures = {k: final.get(k) for k in (*PRIMARY_METRICS, *_COST_AND_CLASSIFIER)}
+    figures["primary"] = final.get("primary_value")
+    for name, row in (final.get("voc_per_class") or {}).items():
         for key, prefix in (("ap_voc07", "AP50_voc07"), ("ap_voc12", "AP50_voc12")):
-            if row[key] is not None:
-                out[_metric_key(prefix, name)] = row[key]
-    return out
+            figures[_metric_key(prefix, name)] = row[key]
+    return {k: float(v) for k, v in figures.items() if v is not None and v == v}  # v != v: NaN
 
 
 def run_evaluate(
@@ -112,7 +120,7 @@ def run_evaluate(
             "search_evaluations": chosen.get("evaluations"),
             "mlflow_run_id": run.run_id,
         }
-        run.log_metrics({**_tracked(metrics, per_class), "top1": final["top1"] or 0.0, "mflops": final["mflops"]}, 0)
+        run.log_metrics(_tracked(final), 0)
         run.set_tags({"arch": str(arch)})
         write_json_atomic(final, out)
         run.log_artifacts(out)

@@ -53,14 +53,21 @@ class StageSearchSettings:
     recalibration_images: int = 500
     eval_images: int | None = None
     batch_size: int = 8
-    seed: int = 0
+    seed: int = 0  # the images a candidate is scored on; repeat r searches with seed + r
+    repeats: int = 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageSearchSettings":
         s = cls(**known_keys(cls, d, "search"))
         if s.method not in ("detnas", "random", "clsnas"):
             raise ValueError(f"search method must be detnas, random or clsnas, got {s.method!r}")
+        if s.repeats < 1:
+            raise ValueError(f"search repeats must be >= 1, got {s.repeats}")
         return s
+
+    def repeat_seed(self, repeat: int) -> int:
+        """The seed of the search's own random choices in repeat ``repeat`` (0-based)."""
+        return self.seed + repeat
 
     def algorithm(self) -> SearchSettings:
         return SearchSettings(population=self.population, parents=self.parents, generations=self.generations,
@@ -195,56 +202,70 @@ def _lead(
     marker = checkpoint_dir / "resume.json"
     key = resume_key({"settings": settings, "space": space.name}, inputs)
     saved = read_json(marker) if marker.is_file() else {}
-    state_file = checkpoint_dir / "state.json"
     scores_file = checkpoint_dir / "scores.jsonl"
+    state_files = [checkpoint_dir / f"state_repeat{r}.json" for r in range(s.repeats)]
     reason = stale_reason(saved.get("resume_key"), key)
     if reason is not None:
-        if state_file.exists() or scores_file.exists():
+        old = [f for f in [scores_file, *checkpoint_dir.glob("state*.json")] if f.exists()]
+        if old:
             print(f"search state in {checkpoint_dir} is stale: {reason}; deleted it, every candidate is scored anew",
                   flush=True)
-        for f in (state_file, scores_file):
-            f.unlink(missing_ok=True)
+        for f in old:
+            f.unlink()
         saved = {}
+    # one score log for every repeat: a candidate's fitness depends on the supernet and the scoring
+    # images only (both seeded by `seed`), so an architecture two repeats meet is scored once
     log = _ScoreLog(scores_file)
-    state = read_json(state_file) if state_file.is_file() else None
-    if state is not None or log.known:
-        gen = state["generation"] if state else 0
-        print(f"resuming the search after generation {gen} ({len(log.known)} candidates already scored)", flush=True)
-    budget = s.population * s.generations
-    print(f"search {s.method}: space {space.name}, {budget} evaluations at most, FLOPs in "
-          f"[{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M, {dist.world_size} process(es); "
-          f"images prepared in {prep_seconds:.1f} s", flush=True)
+    states = [read_json(f) if f.is_file() else None for f in state_files]
+    if any(states) or log.known:
+        done = [f"repeat {r + 1}: generation {st['generation']}" for r, st in enumerate(states) if st]
+        print(f"resuming the search ({', '.join(done) or 'no generation finished'}; {len(log.known)} candidates "
+              f"already scored)", flush=True)
+    budget = s.population * s.generations * s.repeats
+    print(f"search {s.method}: space {space.name}, {s.repeats} repeat(s) of {s.population * s.generations} "
+          f"evaluations at most, FLOPs in [{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M, "
+          f"{dist.world_size} process(es); images prepared in {prep_seconds:.1f} s", flush=True)
 
     with StageRun(**mlflow, params={**settings, "world_size": dist.world_size},
                   resume_run_id=saved.get("mlflow_run_id")) as run:
         write_json_atomic({"resume_key": key, "mlflow_run_id": run.run_id}, marker)
-        for gen in range(1, state["generation"] + 1 if state else 1):  # what a killed attempt had not sent
-            done = [Candidate(**c) for c in state["history"] if c["generation"] < gen]
-            run.log_metrics(_generation_metrics(done, s.population), gen)
+        prefix = (lambda r: "") if s.repeats == 1 else (lambda r: f"repeat{r + 1}/")
+        for r, state in enumerate(states):  # what a killed attempt had not sent
+            for gen in range(1, state["generation"] + 1 if state else 1):
+                done = [Candidate(**c) for c in state["history"] if c["generation"] < gen]
+                run.log_metrics(_generation_metrics(done, s.population, prefix(r)), gen)
         counter = {"n": len(log.known)}
+        histories: list[list[Candidate]] = []
+        for r in range(s.repeats):
+            tag = f"[search {s.method}]" if s.repeats == 1 else f"[search {s.method} repeat {r + 1}/{s.repeats}]"
 
-        def progress(row: dict[str, Any]) -> None:
-            counter["n"] += 1
-            print(f"[search {s.method}] {counter['n']}/{budget} {row['arch']} fitness {fmt_number(row['fitness'])} "
-                  f"{row['mflops']:.1f} MFLOPs ({row['seconds']:.1f} s, rank {row['rank']})", flush=True)
+            def progress(row: dict[str, Any], tag: str = tag) -> None:
+                counter["n"] += 1
+                print(f"{tag} {counter['n']} scored ({budget} at most) {row['arch']} fitness {fmt_number(row['fitness'])} "
+                      f"{row['mflops']:.1f} MFLOPs ({row['seconds']:.1f} s, rank {row['rank']})", flush=True)
 
-        def on_generation(st: dict[str, Any]) -> None:
-            write_json_atomic(st, state_file)
-            hist = [Candidate(**c) for c in st["history"]]
-            gen = st["generation"]
-            run.log_metrics(_generation_metrics(hist, s.population), gen)
-            print(f"generation {gen}/{s.generations}: {len(hist)} scored, best {best(hist).arch} "
-                  f"{fmt_number(best(hist).fitness)}", flush=True)
+            def on_generation(st: dict[str, Any], r: int = r, tag: str = tag) -> None:
+                write_json_atomic(st, state_files[r])
+                hist = [Candidate(**c) for c in st["history"]]
+                gen = st["generation"]
+                run.log_metrics(_generation_metrics(hist, s.population, prefix(r)), gen)
+                print(f"{tag} generation {gen}/{s.generations}: {len(hist)} scored, best {best(hist).arch} "
+                      f"{fmt_number(best(hist).fitness)}", flush=True)
 
-        history = run_search(space, _distributed_score(dist, scorer, log, table.backbone_macs, progress), feasible,
-                             s.algorithm(), np.random.default_rng(s.seed), state=state, on_generation=on_generation)
-        if not history:
-            raise ValueError(f"no architecture of space {space.name} satisfies the FLOPs bounds "
-                             f"[{s.min_mflops}, {s.max_mflops}] M")
-        chosen = best(history)
+            history = run_search(space, _distributed_score(dist, scorer, log, table.backbone_macs, progress), feasible,
+                                 s.algorithm(), np.random.default_rng(s.repeat_seed(r)), state=states[r],
+                                 on_generation=on_generation)
+            if not history:
+                raise ValueError(f"no architecture of space {space.name} satisfies the FLOPs bounds "
+                                 f"[{s.min_mflops}, {s.max_mflops}] M")
+            histories.append(history)
+        # the best over every repeat: more search, same fitness function (the images do not change)
+        chosen = best([c for h in histories for c in h])
         arch = space.parse(chosen.arch)
-        rows = [{**log.known[c.arch], "generation": c.generation, "origin": c.origin} for c in history]
-        seconds = [r["seconds"] for r in rows if r.get("seconds") is not None]
+        rows = [{**log.known[c.arch], "repeat": r, "generation": c.generation, "origin": c.origin}
+                for r, h in enumerate(histories) for c in h]
+        seconds = [log.known[a]["seconds"] for a in {c.arch for h in histories for c in h}
+                   if log.known[a].get("seconds") is not None]
         result = {
             "method": s.method,
             "arch": chosen.arch,
@@ -253,29 +274,53 @@ def _lead(
             "fitness_metric": "top1" if s.method == "clsnas" else "AP",
             "mflops": table.backbone_macs(arch) / 1e6,
             "backbone_params_m": table.backbone_params(arch) / 1e6,
-            "evaluations": len(history),
-            "generations": max(c.generation for c in history) + 1,
+            "evaluations": sum(len(h) for h in histories),
+            "distinct_evaluations": len({c.arch for h in histories for c in h}),
+            "generations": max(c.generation for c in histories[0]) + 1,
+            "repeats": s.repeats,
+            "best_per_repeat": [{"repeat": r, "seed": s.repeat_seed(r), "arch": best(h).arch, "fitness": best(h).fitness}
+                                for r, h in enumerate(histories)],
             "seconds_per_candidate": float(np.mean(seconds)) if seconds else None,
             "mlflow_run_id": run.run_id,
         }
         _write_history(rows, history_out)
-        plot_search_curves({s.method: history}, curve_out, population=s.population,
-                           ylabel="top-1 (held-out)" if s.method == "clsnas" else "mmAP (search split)")
+        plot_search_curves({s.method: histories}, curve_out, population=s.population,
+                           ylabel="top-1 (held-out)" if s.method == "clsnas" else "mmAP (search split)",
+                           title=_curve_title(mlflow, s.method, space.name))
         write_json_atomic(result, arch_out)
         run.set_tags({"arch": chosen.arch, "method": s.method})
-        run.log_metrics({"chosen_fitness": chosen.fitness, "chosen_mflops": result["mflops"]}, len(history))
+        run.log_metrics({"chosen_fitness": chosen.fitness, "chosen_mflops": result["mflops"]}, len(rows))
         run.log_artifacts(arch_out, history_out, curve_out)
+        if s.repeats > 1:
+            print("best per repeat: " + ", ".join(f"{b['arch']} {fmt_number(b['fitness'])} (seed {b['seed']})"
+                                                  for b in result["best_per_repeat"]), flush=True)
         print(f"chosen: {chosen.arch} fitness {fmt_number(chosen.fitness)}, {result['mflops']:.1f} MFLOPs", flush=True)
 
 
-def _generation_metrics(history: list[Candidate], population: int) -> dict[str, float]:
-    """The search curve's point after a generation: best fitness so far, mean of the top ``population``."""
-    return {"best_fitness": best(history).fitness,
-            "top_k_mean": float(np.mean([c.fitness for c in top(history, population)]))}
+SUPERNETS = {  # which supernet each search method scores paths of, as a figure title says it
+    "detnas": "detection supernet fine-tuned from the pre-trained supernet",
+    "random": "detection supernet fine-tuned from the pre-trained supernet",
+    "scratch": "detection supernet trained from scratch",
+    "clsnas": "pre-trained classification supernet",
+}
+
+
+def _curve_title(mlflow: dict[str, Any], method: str, space: str) -> str:
+    """E.g. "coco_fpn: detnas search (space small), detection supernet fine-tuned from the pre-trained supernet"."""
+    name = mlflow.get("tags", {}).get("method", method)
+    where = f"{mlflow['experiment']}: " if mlflow.get("experiment") else ""
+    return f"{where}{name} search (space {space})\n{SUPERNETS.get(name, SUPERNETS[method])}"
+
+
+def _generation_metrics(history: list[Candidate], population: int, prefix: str = "") -> dict[str, float]:
+    """The search curve's point after a generation: best fitness so far, mean of the top ``population``
+    (MLflow keys prefixed ``repeat<r>/`` when the search is repeated)."""
+    return {f"{prefix}best_fitness": best(history).fitness,
+            f"{prefix}top_k_mean": float(np.mean([c.fitness for c in top(history, population)]))}
 
 
 def _write_history(rows: list[dict[str, Any]], path: Path) -> None:
-    keys = ["generation", "origin", "arch", "mflops", "fitness", "seconds", "rank"]
+    keys = ["repeat", "generation", "origin", "arch", "mflops", "fitness", "seconds", "rank"]
     extra = sorted({k for r in rows for k in r if k.startswith("metric_")})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys + extra, extrasaction="ignore")

@@ -309,7 +309,10 @@ def pretrain_dir(name):
 
 
 def demo_targets():
-    return [f"{R}/{config['demo_experiment']}/comparison.csv"]
+    """The demo experiment's results: the comparison, the search curves (Fig. 2), the ranking quality
+    and the architecture patterns (Fig. 4)."""
+    e = f"{R}/{config['demo_experiment']}"
+    return [f"{e}/comparison.csv", f"{e}/search_curves.png", f"{e}/ranking.json", f"{e}/architectures.png"]
 
 
 def unknown_method_input(w):

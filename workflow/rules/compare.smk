@@ -17,8 +17,10 @@ rule compare:
         histories=lambda w: [f"{R}/{w.experiment}/{m}/search/history.csv" for m in ("detnas", "random")],
         random_archs=lambda w: random_archs_summary(w.experiment),
     output:
-        csv=f"{R}/{{experiment}}/comparison.csv",
-        png=f"{R}/{{experiment}}/comparison.png",
+        csv=report(f"{R}/{{experiment}}/comparison.csv", caption="../report/comparison_table.rst",
+                   category="{experiment}", subcategory="comparison"),
+        png=report(f"{R}/{{experiment}}/comparison.png", caption="../report/comparison.rst",
+                   category="{experiment}", subcategory="comparison"),
     params:
         histories=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(("detnas", "random"), input.histories)),
         random_archs=lambda w, input: f"--random-archs {input.random_archs}" if input.random_archs else "",

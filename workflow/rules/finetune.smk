@@ -34,7 +34,9 @@ rule finetune_supernet:
     output:
         weights=f"{R}/{{experiment}}/supernet_{{init}}/supernet.pt",
         metrics=f"{R}/{{experiment}}/supernet_{{init}}/metrics.json",
-        curves=f"{R}/{{experiment}}/supernet_{{init}}/curves.png",
+        curves=report(f"{R}/{{experiment}}/supernet_{{init}}/curves.png", caption="../report/training_curves.rst",
+                      category="{experiment}", subcategory="training curves",
+                      labels={"network": "supernet ({init})", "stage": "detection fine-tuning"}),
     wildcard_constraints:
         init="pretrained|scratch",
     params:

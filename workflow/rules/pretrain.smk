@@ -15,7 +15,9 @@ rule pretrain_supernet:
     output:
         weights=f"{R}/pretrain/{{pretrain}}/supernet.pt",
         metrics=f"{R}/pretrain/{{pretrain}}/metrics.json",
-        curves=f"{R}/pretrain/{{pretrain}}/curves.png",
+        curves=report(f"{R}/pretrain/{{pretrain}}/curves.png", caption="../report/training_curves.rst",
+                      category="supernet pre-training", subcategory="training curves",
+                      labels={"network": "supernet {pretrain}", "stage": "classification pre-training"}),
     params:
         settings=lambda w: as_json(pretrain_settings(w.pretrain)),
         mlflow=lambda w: mlflow_run(

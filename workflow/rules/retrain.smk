@@ -30,7 +30,9 @@ rule retrain_pretrain:
     output:
         weights=f"{R}/{{experiment}}/{{method}}/retrain/classifier.pt",
         metrics=f"{R}/{{experiment}}/{{method}}/retrain/classifier_metrics.json",
-        curves=f"{R}/{{experiment}}/{{method}}/retrain/classifier_curves.png",
+        curves=report(f"{R}/{{experiment}}/{{method}}/retrain/classifier_curves.png",
+                      caption="../report/training_curves.rst", category="{experiment}",
+                      subcategory="training curves", labels={"network": "{method}", "stage": "retraining: classification"}),
     params:
         settings=lambda w: as_json(retrain_pretrain_settings(w.experiment)),
         mlflow=lambda w: mlflow_run(w.experiment, "retrain_pretrain", f"retrain {w.method}: classification", w,
@@ -56,7 +58,9 @@ rule retrain_finetune:
     output:
         weights=f"{R}/{{experiment}}/{{method}}/retrain/detector.pt",
         metrics=f"{R}/{{experiment}}/{{method}}/retrain/detector_metrics.json",
-        curves=f"{R}/{{experiment}}/{{method}}/retrain/detector_curves.png",
+        curves=report(f"{R}/{{experiment}}/{{method}}/retrain/detector_curves.png",
+                      caption="../report/training_curves.rst", category="{experiment}",
+                      subcategory="training curves", labels={"network": "{method}", "stage": "retraining: detection"}),
     params:
         settings=lambda w: as_json(retrain_finetune_settings(w.experiment)),
         mlflow=lambda w: mlflow_run(w.experiment, "retrain_finetune", f"retrain {w.method}: detection", w,

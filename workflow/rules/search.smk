@@ -91,3 +91,26 @@ use rule handcrafted_arch as handcrafted_arch_unscaled with:
         f"{R}/logs/handcrafted_arch_unscaled/{{experiment}}.log",
     benchmark:
         f"{R}/benchmarks/handcrafted_arch_unscaled/{{experiment}}.tsv"
+
+
+# The paper's Fig. 2: DetNAS's EA against random search on the same supernet, each as the mean over
+# its `search.repeats` runs with a min-max band.
+rule search_curves:
+    input:
+        detnas=f"{R}/{{experiment}}/detnas/search/history.csv",
+        random=f"{R}/{{experiment}}/random/search/history.csv",
+    output:
+        png=report(f"{R}/{{experiment}}/search_curves.png", caption="../report/search_curves.rst",
+                   category="{experiment}", subcategory="search curves"),
+        json=f"{R}/{{experiment}}/search_curves.json",
+    params:
+        population=lambda w: experiment(w.experiment)["search"]["population"],
+        title=lambda w: (f"{w.experiment}: EA (detnas) vs random search, {experiment(w.experiment)['search']['repeats']} "
+                         "run(s) each\non the detection supernet fine-tuned from the pre-trained supernet"),
+    log:
+        f"{R}/logs/search_curves/{{experiment}}.log",
+    benchmark:
+        f"{R}/benchmarks/search_curves/{{experiment}}.tsv"
+    shell:
+        "python -m detnas search-curves --history detnas={input.detnas} random={input.random}"
+        " --population {params.population} --title {params.title:q} --png {output.png} --json {output.json} > {log} 2>&1"
