@@ -28,6 +28,8 @@ def make_workdir(dest: Path, config: Path | str = ROOT / "tests" / "data" / "mic
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/results/mlflow.db"}
+    if "--cores" in args and "--max-threads" not in args:  # one-thread jobs side by side, as `make demo`
+        args = (*args, "--max-threads", "1")
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
                           text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

@@ -16,6 +16,11 @@ from snakemake.logging import logger
 
 R = "results"
 SEARCH_METHODS = ["detnas", "random", "clsnas", "scratch"]
+# Threads a training, scoring or split job can use. Snakemake gives a job at most the --cores of a
+# local run (a workstation's `--cores 16` runs a serial chain on 16 cores) and --max-threads, if set
+# (`make demo` sets 1: its tiny networks finish sooner as one-thread jobs side by side); on SLURM the
+# profile's set-threads decide (8 CPUs per GPU for training and search).
+JOB_THREADS = 64
 METHODS = SEARCH_METHODS + ["shufflenetv2"]  # compared side by side (the paper's rows)
 EXTRA_METHODS = ["shufflenetv2_unscaled"]  # targets of their own, not in the comparison
 

@@ -99,6 +99,7 @@ rule split_detection:
             "classes": detection_data(w.dataset).get("classes"),
         }),
         mlflow=lambda w: mlflow_run("data", "split", f"split {w.dataset}", w, dataset=w.dataset),
+    threads: JOB_THREADS
     log:
         f"{R}/logs/split_detection/{{dataset}}.log",
     benchmark:
@@ -133,6 +134,7 @@ rule split_classification:
     params:
         settings=lambda w: as_json({**classification_sources(w.dataset), "holdout": classification_data(w.dataset)["holdout"]}),
         mlflow=lambda w: mlflow_run("data", "split", f"split {w.dataset}", w, dataset=w.dataset),
+    threads: JOB_THREADS
     log:
         f"{R}/logs/split_classification/{{dataset}}.log",
     benchmark:

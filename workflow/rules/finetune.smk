@@ -46,6 +46,7 @@ rule finetune_supernet:
             w.experiment, "finetune_supernet", f"finetune supernet ({w.init})", w,
             **experiment_tags(w.experiment, method="scratch" if w.init == "scratch" else "detnas"),
         ),
+    threads: JOB_THREADS
     resources:
         gpu=0,
     log:

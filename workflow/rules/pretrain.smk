@@ -24,6 +24,7 @@ rule pretrain_supernet:
             f"pretrain-{w.pretrain}", "pretrain_supernet", f"pretrain supernet {w.pretrain}", w,
             method="supernet", dataset=pretrain_run(w.pretrain)["data"], space=pretrain_run(w.pretrain)["space"],
         ),
+    threads: JOB_THREADS
     resources:
         gpu=0,
     log:

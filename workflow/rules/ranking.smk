@@ -37,7 +37,7 @@ rule ranking:
     params:
         settings=lambda w: as_json(experiment(w.experiment)["search"]),
         mlflow=lambda w: mlflow_run(w.experiment, "ranking", "ranking quality", w, **experiment_tags(w.experiment)),
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=0,
     log:

@@ -37,6 +37,7 @@ rule retrain_pretrain:
         settings=lambda w: as_json(retrain_pretrain_settings(w.experiment)),
         mlflow=lambda w: mlflow_run(w.experiment, "retrain_pretrain", f"retrain {w.method}: classification", w,
                                     **experiment_tags(w.experiment, method=w.method)),
+    threads: JOB_THREADS
     resources:
         gpu=0,
     log:
@@ -65,6 +66,7 @@ rule retrain_finetune:
         settings=lambda w: as_json(retrain_finetune_settings(w.experiment)),
         mlflow=lambda w: mlflow_run(w.experiment, "retrain_finetune", f"retrain {w.method}: detection", w,
                                     **experiment_tags(w.experiment, method=w.method)),
+    threads: JOB_THREADS
     resources:
         gpu=0,
     log:
@@ -115,6 +117,7 @@ rule evaluate:
         batch_size=lambda w: experiment(w.experiment)["finetune"]["eval_batch_size"],
         mlflow=lambda w: mlflow_run(w.experiment, "evaluate", f"final {w.get('method', 'detnas')}", w,
                                     **experiment_tags(w.experiment, method=w.get("method", "detnas"))),
+    threads: JOB_THREADS
     log:
         f"{R}/logs/evaluate/{{experiment}}_{{method}}.log",
     benchmark:

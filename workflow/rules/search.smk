@@ -38,6 +38,7 @@ rule search:
         recal_arg=lambda w, input: f"--recal {input.recal}" if "recal" in input.keys() else "",
         mlflow=lambda w: mlflow_run(w.experiment, "search", f"search {w.method}", w,
                                     **experiment_tags(w.experiment, method=w.method)),
+    threads: JOB_THREADS
     resources:
         gpu=0,
     log:
