@@ -8,7 +8,7 @@ import signal
 import time
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpointer
+from .data.grouping import GroupedBatchSampler
 from .distributed import Dist
 from .formatting import fmt_number
 from .settings import known_keys
@@ -150,18 +151,27 @@ def training_batches(
     dist: Dist,
     threads: int,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    group_ids: Sequence[int] | None = None,
 ) -> Iterator[Any]:
     """This rank's endless stream of training batches: ``batch_size`` (global) split over the
-    ranks, continuing after ``start_step`` steps; ``threads - 1`` loader workers per process."""
+    ranks, continuing after ``start_step`` steps; ``threads - 1`` loader workers per process.
+    ``group_ids`` (one per dataset index, e.g. ``aspect_ratio_groups``): every batch of one group."""
     if batch_size % dist.world_size:
         raise ValueError(f"batch_size {batch_size} is not divisible by {dist.world_size} processes")
     per_rank = batch_size // dist.world_size
     workers = max(0, threads // dist.world_size - 1) if threads else 0
+    common = dict(num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0,
+                  pin_memory=dist.device.type == "cuda")
+    if group_ids is not None:
+        if len(group_ids) != len(dataset):
+            raise ValueError(f"{len(group_ids)} group ids for a dataset of {len(dataset)} images")
+        # the grouped batches depend on the whole stream before them: replayed from its start
+        stream = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size)
+        batches = GroupedBatchSampler(stream, group_ids, per_rank, start=start_step)
+        return iter(DataLoader(dataset, batch_sampler=batches, **common))
     sampler = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size,
                               start=start_step * per_rank)
-    return iter(DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                           collate_fn=collate_fn, persistent_workers=workers > 0,
-                           pin_memory=dist.device.type == "cuda", drop_last=True))
+    return iter(DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True, **common))
 
 
 def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:

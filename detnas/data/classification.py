@@ -3,6 +3,14 @@
 ``<root>/<class name>/<image>``, scanned with torchvision's ImageFolder machinery. A seeded
 held-out subset of the TRAIN folder is ClsNAS's search validation (SPOS: 50,000 ImageNet images);
 samples are named by their path relative to the root, so a split is a plain JSON list.
+
+Training augmentation runs in two halves (``TrainAugmentation``): per image in the loader workers,
+on uint8 tensors (decode, random-resized crop, flip; the colour jitter is only drawn), and per batch
+on the training device (colour jitter, scaling, normalization in float). It draws the same random
+numbers as torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip`` and ``ColorJitter`` on a
+PIL image (``pil_classification_transforms``, the reference it is tested and benchmarked against)
+and computes the same pixels, but for the uint8 resampling: torch's bilinear rounds a few per cent
+of values one level away from PIL's (a few levels after the jitter's gains; unbiased).
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from PIL import UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from .coco import DataError, part_count
 
@@ -25,14 +35,20 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ClassificationDataset",
+    "TrainAugmentation",
     "classification_transforms",
     "normalize_images",
+    "pil_classification_transforms",
+    "read_rgb",
     "scan_image_folder",
     "split_classification",
+    "train_augmentation",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_DECODERS = ("pil", "tensor")
+_CPU_CHUNK = 4  # images per chunk of the per-batch half on a CPU: 2.4 MB of float32 at 224 px
 
 
 def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -79,11 +95,30 @@ def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict
     return {"root": str(root), "classes": classes, "holdout": sorted(samples[i][0] for i in picked)}
 
 
+def read_rgb(path: Path) -> Tensor:
+    """An image file as uint8 (3, H, W) RGB, decoded by torchvision (libjpeg-turbo, libpng, libwebp).
+
+    The pixels equal PIL's ``convert("RGB")`` bit for bit (same libjpeg-turbo, default IDCT and
+    chroma upsampling; grayscale, CMYK, palette and RGBA converted alike) at ~20 % less time per
+    JPEG. What torchvision does not decode to uint8 (BMP, TIFF, 16-bit PNG) goes through PIL, which
+    also raises the errors (OSError, UnidentifiedImageError) for files that do not decode at all.
+    """
+    try:
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        if image.dtype == torch.uint8:
+            return image
+    except RuntimeError:
+        pass
+    return F.pil_to_tensor(default_loader(str(path)))
+
+
 class ClassificationDataset(Dataset):
-    """``(transform(PIL image), class index)`` over an ImageFolder-layout root (train or val).
+    """``(transform(image), class index)`` over an ImageFolder-layout root (train or val).
 
     ``include``: only these relative paths; ``exclude``: all but these (at most one of the two).
     Every listed path must be a sample of ``root``, so a split cannot silently miss its folder.
+    ``decode`` "pil": the transform gets a PIL RGB image; "tensor": a uint8 (3, H, W) tensor from
+    ``read_rgb`` (the same pixels, decoded faster, and what ``TrainAugmentation`` works on).
     """
 
     def __init__(
@@ -93,9 +128,13 @@ class ClassificationDataset(Dataset):
         transform: Callable[[Any], Any] | None,
         include: set[str] | None = None,
         exclude: set[str] | None = None,
+        decode: str = "pil",
     ) -> None:
         if include is not None and exclude is not None:
             raise ValueError("ClassificationDataset: give include or exclude, not both")
+        if decode not in _DECODERS:
+            raise ValueError(f"ClassificationDataset: decode must be one of {_DECODERS}, got {decode!r}")
+        self.decode = decode
         self.root = Path(root)
         self.transform = transform
         self.classes, samples = scan_image_folder(self.root)
@@ -121,7 +160,7 @@ class ClassificationDataset(Dataset):
         rel, target = self.samples[index]
         path = self.root / rel
         try:
-            image = default_loader(str(path))  # PIL RGB
+            image = read_rgb(path) if self.decode == "tensor" else default_loader(str(path))  # (3, H, W) / PIL RGB
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: unreadable image ({e})") from e
         if self.transform is not None:
@@ -129,15 +168,14 @@ class ClassificationDataset(Dataset):
         return image, target
 
 
-def classification_transforms(*, train: bool, image_size: int, normalize: bool = True) -> v2.Compose:
-    """ImageNet-style augmentation; output float32 (3, image_size, image_size), normalized.
+def pil_classification_transforms(*, train: bool, image_size: int, normalize: bool = True) -> v2.Compose:
+    """The torchvision pipeline as written for PIL images (it takes uint8 tensors too). Evaluation
+    still uses it; for training it is the pipeline ``TrainAugmentation`` replaced, kept as the
+    reference that the tests and ``benchmarks/input_pipeline.py`` compare the fast path with.
 
     Below 64 px (the demo's synthetic stand-in) the random crop keeps at least half of the image and
     colours are not jittered: the default 8% crop would leave a handful of pixels, and jitter would
     blur the synthetic classes' hue bands; short demo schedules learn far less with both.
-
-    ``normalize`` False (evaluation only): uint8 (3, image_size, image_size), a quarter of the memory
-    of float32 for images kept in memory; ``normalize_images`` finishes them batch by batch.
     """
     if train and not normalize:
         raise ValueError("training transforms always normalize")
@@ -158,8 +196,141 @@ def classification_transforms(*, train: bool, image_size: int, normalize: bool =
     return v2.Compose([*center, *to_tensor])
 
 
+class TrainAugmentation:
+    """ImageNet training augmentation (SPOS/DetNAS: random-resized crop, horizontal flip, colour
+    jitter 0.4), split into a per-image half for the loader workers and a per-batch half for the
+    training device.
+
+    ``sample(image)``: uint8 (3, H, W) (or PIL) -> ``(crop, params)``: crop uint8 (3, S, S), cropped
+    first so only the crop is resized, then flipped; params float32 (7,): the jitter's brightness,
+    contrast and saturation factors, then ColorJitter's order of its four functions (3, hue, is off).
+    ``finish(crops, params)``: (B, 3, S, S) uint8 and (B, 7) -> float32 (B, 3, S, S), jittered and
+    normalized. ``__call__(image)``: both halves for one image, float32 (3, S, S).
+
+    The random numbers are drawn by torchvision's own ``RandomResizedCrop``, ``RandomHorizontalFlip``
+    and ``ColorJitter`` objects from torch's global generator, in the order the PIL pipeline draws
+    them, so a seed gives the same crop, flip and factors. The jitter reproduces PIL's
+    ``ImageEnhance`` (what ``ColorJitter`` runs on PIL images) exactly, in float on integer values.
+    No reduced-size (DCT-scaled, PIL ``draft``) JPEG decoding: a scaled IDCT is not a full decode
+    followed by the antialiased resize, so it would change pixels; and it only pays where a crop
+    shrinks 2x or more in both directions, which an ImageNet-sized image (~400x350) never does at 224.
+    """
+
+    def __init__(self, image_size: int, *, scale: tuple[float, float] = (0.08, 1.0), jitter: float | None = 0.4) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.image_size = image_size
+        self.crop = v2.RandomResizedCrop(image_size, scale=scale, antialias=True)
+        self.flip = v2.RandomHorizontalFlip()
+        self.jitter = None if jitter is None else v2.ColorJitter(jitter, jitter, jitter)
+
+    def sample(self, image: Any) -> tuple[Tensor, Tensor]:
+        if not isinstance(image, Tensor):
+            image = F.pil_to_tensor(image)
+        image = self.flip(self.crop(image))  # (3, S, S) uint8
+        if self.jitter is None:
+            return image, torch.tensor([1.0, 1.0, 1.0, 0, 1, 2, 3])
+        p = self.jitter.make_params([image])  # ColorJitter's draws: order first, then the three factors
+        factors = [p["brightness_factor"], p["contrast_factor"], p["saturation_factor"]]
+        return image, torch.tensor(factors + p["fn_idx"].tolist(), dtype=torch.float32)
+
+    def finish(self, crops: Tensor, params: Tensor) -> Tensor:
+        params = params.to(crops.device)
+
+        def jitter_and_normalize(x: Tensor, rows: slice) -> None:
+            if self.jitter is not None:
+                _jitter_like_pil(x, params[rows])
+            _scale_and_normalize(x)
+
+        return _as_float(crops, jitter_and_normalize)
+
+    def __call__(self, image: Any) -> Tensor:
+        crop, params = self.sample(image)
+        return self.finish(crop[None], params[None])[0]
+
+
+def _pil_gray(x: Tensor) -> Tensor:
+    """PIL's ``convert("L")`` of integer-valued RGB (B, 3, H, W) -> (B, 1, H, W): (r*19595 + g*38470
+    + b*7471 + 32768) >> 16. Every partial sum stays below 2^24, so float32 holds it exactly."""
+    gray = x[:, 0:1] * 19595.0
+    return gray.add_(x[:, 1:2], alpha=38470.0).add_(x[:, 2:3], alpha=7471.0).add_(32768.0).mul_(1 / 65536).floor_()
+
+
+def _jitter_like_pil(x: Tensor, params: Tensor) -> Tensor:
+    """ColorJitter as PIL applies it, on a batch: x float32 (B, 3, H, W) of integers 0..255 (it is
+    overwritten), params (B, 7) from ``TrainAugmentation.sample``; returns the jittered batch.
+
+    PIL's ``Image.blend(degenerate, image, a)`` computes ``d + a * (x - d)`` in float32 and truncates
+    to 0..255; brightness blends with 0, contrast with the rounded mean of the grey image, saturation
+    with the grey image. Each image takes its three operations in its own drawn order: step k applies
+    every image's k-th operation, choosing its degenerate image and factor by row.
+    """
+    b = x.shape[0]
+    factors, order = params[:, :3], params[:, 3:].long()  # (B, 3), (B, 4)
+    # each row's order without hue (3), stable so the other three keep their drawn order: (B, 3)
+    ops = order.gather(1, (order == 3).to(torch.uint8).argsort(dim=1, stable=True)[:, :3])
+    pixels = x.shape[-1] * x.shape[-2]
+    # the sum of a grey image is exact in float32 while it stays below 2^24 (up to 256x256 pixels)
+    sum_dtype = torch.float32 if pixels * 255 < 2**24 else torch.float64
+    for k in range(3):
+        alpha = factors.gather(1, ops[:, k:k + 1]).view(b, 1, 1, 1)
+        contrast = (ops[:, k] == 1).float().view(b, 1, 1, 1)
+        saturation = (ops[:, k] == 2).float().view(b, 1, 1, 1)
+        gray = _pil_gray(x)  # (B, 1, H, W)
+        # ImageStat's mean in float64, then int(mean + 0.5)
+        mean = (gray.sum((1, 2, 3), dtype=sum_dtype).double() / pixels + 0.5).floor_().float().view(b, 1, 1, 1)
+        # 0 (brightness), the mean (contrast) or the grey image (saturation); exact: 0/1 masks, integers
+        degenerate = gray.mul_(saturation).add_(mean * contrast)
+        # separate multiply and add (a fused multiply-add would round once, PIL rounds twice)
+        x = x.sub_(degenerate).mul_(alpha).add_(degenerate).clamp_(0, 255).floor_()
+    return x
+
+
+def _as_float(images: Tensor, finish: Callable[[Tensor, slice], None]) -> Tensor:
+    """uint8 images (B, 3, H, W) -> float32, each chunk of rows finished in place by
+    ``finish(chunk, rows)``. On a CPU a few images at a time, so that their ~25 elementwise passes
+    run in cache instead of streaming a whole batch through memory each time (measured: ~1.8x faster
+    than one chunk of 64 at 224 px); on a GPU the whole batch at once."""
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    step = _CPU_CHUNK if images.device.type == "cpu" else max(1, len(images))
+    for i in range(0, len(images), step):
+        rows = slice(i, i + step)
+        finish(out[rows].copy_(images[rows]), rows)
+    return out
+
+
+def _scale_and_normalize(x: Tensor) -> Tensor:
+    """Integer-valued float32 images (B, 3, H, W), overwritten -> normalized, with the floating-point
+    operations of ``v2.ToDtype(float32, scale=True)`` then ``v2.Normalize``, so the same values."""
+    return F.normalize(x.mul_(1.0 / 255), list(IMAGENET_MEAN), list(IMAGENET_STD), inplace=True)
+
+
+def train_augmentation(image_size: int) -> TrainAugmentation:
+    """The training augmentation of ``image_size``; below 64 px (the demo's synthetic stand-in) the
+    random crop keeps at least half of the image and colours are not jittered (see
+    ``pil_classification_transforms``)."""
+    if image_size < 64:
+        return TrainAugmentation(image_size, scale=(0.5, 1.0), jitter=None)
+    return TrainAugmentation(image_size)
+
+
+def classification_transforms(*, train: bool, image_size: int, normalize: bool = True) -> Callable[[Any], Tensor]:
+    """ImageNet-style augmentation; output float32 (3, image_size, image_size), normalized. Takes a
+    PIL image or a uint8 (3, H, W) tensor (``ClassificationDataset(decode="tensor")``, faster).
+
+    Training: ``train_augmentation`` for one image; a loader that feeds a device should run its
+    ``sample`` in the workers and ``finish`` per batch instead. Evaluation: resize the short side to
+    image_size / 0.875, centre crop. ``normalize`` False (evaluation only): uint8 (3, image_size,
+    image_size), a quarter of the memory of float32 for images kept in memory; ``normalize_images``
+    finishes them batch by batch.
+    """
+    if train and not normalize:
+        raise ValueError("training transforms always normalize")
+    if train:
+        return train_augmentation(image_size)
+    return pil_classification_transforms(train=False, image_size=image_size, normalize=normalize)
+
+
 def normalize_images(x: Tensor) -> Tensor:
-    """uint8 images (B, 3, H, W) -> float32, normalized as ``classification_transforms`` does."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255 - mean) / std
+    """uint8 images (B, 3, H, W) -> float32, normalized exactly as ``classification_transforms`` does."""
+    return _as_float(x, lambda chunk, rows: _scale_and_normalize(chunk))

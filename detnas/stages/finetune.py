@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..data.coco import DetectionDataset, collate_detection
+from ..data.grouping import aspect_ratio_groups
 from ..detectors import DetectorSettings, build_detector
 from ..distributed import init_distributed, set_threads
 from ..checkpoint import Checkpointer
@@ -127,13 +128,17 @@ def run_finetune(
     model = build_detector(body, num_classes=dataset.num_classes, settings=cfg.detector).to(dist.device)
 
     optimizer = make_sgd(model, schedule)
+    # "batches" in the resume key: a checkpoint of the ungrouped sampler would resume another sequence
     checkpointer = Checkpointer(
-        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size},
+        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size, "batches": "aspect_ratio_groups"},
         inputs={"train": train_file, "init": init}, every=cfg.checkpoint_every, dist=dist,
     )
     start, history = checkpointer.resume(model, optimizer)
+    # landscape and portrait images in separate batches: far less padding (data/grouping.py)
+    groups = aspect_ratio_groups((dataset.coco.imgs[i]["width"], dataset.coco.imgs[i]["height"])
+                                 for i in dataset.image_ids)
     batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
-                               threads=threads, collate_fn=collate_detection)
+                               threads=threads, collate_fn=collate_detection, group_ids=groups)
     wrapped = dist.wrap(model, find_unused_parameters=True)
 
     def step_losses(batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
@@ -186,7 +191,9 @@ def run_finetune(
                 weights_out,
             )
             write_json_atomic(metrics, metrics_out)
-            plot_training_curves(history, curves_out, title=f"finetune {cfg.detector.name} {kind}")
+            plot_training_curves(history, curves_out, title=(
+                f"{mlflow.get('experiment', '')}: {cfg.detector.name} fine-tuning of the {kind}, "
+                f"{'from scratch' if init is None else 'from the pre-trained ' + ('supernet' if fixed is None else 'network')}"))
             run.log_artifacts(metrics_out, curves_out)
             checkpointer.remove()
     dist.barrier()

@@ -11,7 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.classification import ClassificationDataset, classification_transforms
+from ..data.classification import (
+    ClassificationDataset,
+    classification_transforms,
+    normalize_images,
+    train_augmentation,
+)
 from ..distributed import init_distributed, set_threads
 from ..checkpoint import Checkpointer
 from ..engine import (
@@ -93,11 +98,14 @@ def run_pretrain(
     model.to(dist.device)
 
     # the supernet leaves ClsNAS's held-out images alone (they score its paths); a final network
-    # trains on the whole training set, as the paper's do
+    # trains on the whole training set, as the paper's do. Workers decode, crop and flip uint8
+    # images; the colour jitter and normalization run per batch on the device (augment.finish)
+    augment = train_augmentation(cfg.image_size)
     dataset = ClassificationDataset(
         Path(split["root"]),
-        transform=classification_transforms(train=True, image_size=cfg.image_size),
+        transform=augment.sample,
         exclude=set(split["holdout"]) if fixed is None else None,
+        decode="tensor",
     )
     optimizer = make_sgd(model, cfg.schedule)
     checkpointer = Checkpointer(
@@ -110,9 +118,10 @@ def run_pretrain(
     wrapped = dist.wrap(model, find_unused_parameters=fixed is None)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-    def step_losses(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = (t.to(dist.device, non_blocking=True) for t in batch)
-        return {"loss": criterion(wrapped(x), y)}
+    def step_losses(batch: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        (crops, params), y = batch  # uint8 (B, 3, S, S), float32 (B, 7), int64 (B,)
+        x = augment.finish(crops.to(dist.device, non_blocking=True), params.to(dist.device, non_blocking=True))
+        return {"loss": criterion(wrapped(x), y.to(dist.device, non_blocking=True))}
 
     kind = "supernet" if fixed is None else f"network {fixed}"
     with StageRun(**mlflow, params={**settings, "arch": arch, "world_size": dist.world_size}, enabled=dist.is_main,
@@ -147,9 +156,14 @@ def run_pretrain(
         }
         val_root = val_root or (Path(split["val_root"]) if split.get("val_root") else None)
         if fixed is not None and val_root is not None:
-            val = ClassificationDataset(val_root, transform=classification_transforms(train=False, image_size=cfg.image_size))
+            # uint8 images from the loader, normalized batch by batch on the device
+            val = ClassificationDataset(
+                val_root, transform=classification_transforms(train=False, image_size=cfg.image_size, normalize=False),
+                decode="tensor",
+            )
             val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, pin_memory=dist.device.type == "cuda")
-            metrics["top1"] = top1_accuracy(model, val_loader, dist.device)
+            val_batches = ((normalize_images(x.to(dist.device, non_blocking=True)), y) for x, y in val_loader)
+            metrics["top1"] = top1_accuracy(model, val_batches, dist.device)
             print(f"top-1 on {val_root}: {fmt_number(metrics['top1'])}", flush=True)
             run.log_metrics({"top1": metrics["top1"]}, cfg.schedule.iterations)
         if dist.is_main:
@@ -159,7 +173,7 @@ def run_pretrain(
                 weights_out,
             )
             write_json_atomic(metrics, metrics_out)
-            plot_training_curves(history, curves_out, title=f"pretrain {kind}")
+            plot_training_curves(history, curves_out, title=f"{mlflow.get('experiment', '')}: classification pre-training of the {kind} (space {space.name})")
             run.log_artifacts(metrics_out, curves_out)
             run.set_tags({"final_loss": f"{metrics['final_loss']:.4f}"})
             checkpointer.remove()
