@@ -9,7 +9,6 @@ Classification: writes ``split.json``: the train/val roots, the classes, and the
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
