@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from .distributed import Dist
@@ -79,6 +80,7 @@ class Checkpointer:
         self.every = max(1, every)
         self.dist = dist
         self.mlflow_run_id: str | None = None
+        self._rng: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint if it was made from the same settings and inputs, else None (a stale
@@ -97,27 +99,57 @@ class Checkpointer:
         self.mlflow_run_id = state.get("mlflow_run_id")
         return state
 
-    def resume(self, model: nn.Module, optimizer: Any) -> tuple[int, list[dict[str, float]]]:
-        """Load the last valid checkpoint (if any) into ``model`` and ``optimizer``; return the steps
-        done and the progress history so far ((0, []) for a fresh start)."""
+    def resume(self, model: nn.Module, optimizer: Any,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[int, list[dict[str, float]]]:
+        """Load the last valid checkpoint (if any) into ``model``, ``optimizer`` and ``scaler``
+        (fp16's gradient scaler); return the steps done and the progress history so far ((0, []) for
+        a fresh start). The random number generators' state is kept for ``restore_rng``."""
         state = self.load()
         if state is None:
             return 0, []
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        self._rng = state.get("rng")
         return state["step"], state["history"]
 
-    def maybe_save(self, step: int, total: int, state_fn: Callable[[], dict[str, Any]]) -> None:
-        """After completing ``step`` steps: save every ``every`` steps (not at the very end)."""
-        if step % self.every or step >= total:
+    def restore_rng(self) -> None:
+        """Put torch's random number generators (CPU, and this process's CUDA device) where the
+        resumed checkpoint saved them, so dropout, the augmentation drawn in this process and the
+        detectors' sampling continue as an uninterrupted run would. Called once the data loader has
+        drawn its workers' seed; a no-op after a fresh start. Every rank takes rank 0's state (the ranks
+        seed alike). Loader worker processes (threads > 1) draw their augmentation from seeds of
+        their own, which a checkpoint does not hold: such a resumed run is the same training, not the
+        same numbers."""
+        if self._rng is None:
             return
-        self.save(step, state_fn)
+        torch.set_rng_state(self._rng["cpu"])
+        if self.dist.device.type == "cuda" and self._rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(self._rng["cuda"], self.dist.device)
+        self._rng = None
+
+    def rng_state(self) -> dict[str, torch.Tensor | None]:
+        """torch's random number generators now, as ``restore_rng`` takes them back."""
+        cuda = torch.cuda.get_rng_state(self.dist.device) if self.dist.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether a checkpoint is saved after completing ``step`` steps: every ``every`` steps, not
+        at the very end."""
+        return step % self.every == 0 and step < total
+
+    def maybe_save(self, step: int, total: int, state_fn: Callable[[], dict[str, Any]]) -> None:
+        """After completing ``step`` steps: save if ``due``."""
+        if self.due(step, total):
+            self.save(step, state_fn)
 
     def save(self, step: int, state_fn: Callable[[], dict[str, Any]]) -> None:
-        """Save now: ``step`` steps are complete."""
+        """Save now: ``step`` steps are complete. Rank 0 writes ``state_fn()``, the resume key, the
+        MLflow run and its random number generators' state."""
         if self.dist.is_main:
             state = state_fn()
-            state.update(step=step, resume_key=self.key, mlflow_run_id=self.mlflow_run_id)
+            state.update(step=step, resume_key=self.key, mlflow_run_id=self.mlflow_run_id, rng=self.rng_state())
             save_checkpoint(state, self.path)
         self.dist.barrier()
 

@@ -103,12 +103,12 @@ def _json_arg(text: str) -> Any:
 # The --settings keys of each stage (tests/test_cli.py checks them against the stages' settings classes)
 SETTINGS_KEYS = {
     "pretrain": ["space", "image_size", "batch_size", "schedule", "label_smoothing", "dropout", "seed",
-                 "checkpoint_every", "log_every", "eval_batch_size"],
+                 "checkpoint_every", "log_every", "eval_batch_size", "amp", "channels_last"],
     "finetune": ["space", "detector", "batch_size", "schedule", "seed", "checkpoint_every", "log_every",
-                 "eval_batch_size", "schedule_factor"],
+                 "eval_batch_size", "schedule_factor", "amp", "channels_last"],
     "search": ["method", "population", "parents", "generations", "mutation_prob", "mutations", "crossovers",
                "max_mflops", "min_mflops",
-               "recalibration_images", "eval_images", "batch_size", "seed", "repeats"],
+               "recalibration_images", "eval_images", "batch_size", "seed", "repeats", "amp", "channels_last"],
     "split-detection": ["sources", "split", "check_images"],
     "split-classification": ["train", "val", "holdout"],
     "synthesize": ["num_train", "num_test", "image_size", "max_objects", "seed (detection)",
@@ -129,6 +129,21 @@ def _stage_args(p: argparse.ArgumentParser, *, settings: bool = True, mlflow: bo
     if compute:
         p.add_argument("--threads", type=int, default=0, help="CPU threads of the job (0: torch's default)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _channels_last(text: str) -> bool | str:
+    if text not in ("auto", "true", "false"):
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return "auto" if text == "auto" else text == "true"
+
+
+def _precision_args(p: argparse.ArgumentParser, *, default: str | None, default_help: str) -> None:
+    """--amp and --channels-last, the stages' ``amp`` and ``channels_last`` settings (detnas.precision)."""
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=default,
+                   help="mixed precision of the forward passes: bf16, fp16, off (float32), or auto (bf16 on a GPU "
+                        f"with native bf16, else off); default: {default_help}")
+    p.add_argument("--channels-last", type=_channels_last, default=default, metavar="{auto,true,false}",
+                   help=f"NHWC convolutions: true, false, or auto (true on CUDA); default: {default_help}")
 
 
 def _training_outputs(p: argparse.ArgumentParser) -> None:
@@ -356,6 +371,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         detector=args.detector, test_file=args.test, arch_file=args.arch_file,
         classifier_metrics=args.classifier_metrics, out=args.out, info=args.info, primary_metric=args.primary,
         batch_size=args.batch_size, mlflow=args.mlflow, threads=args.threads, device=args.device,
+        amp=args.amp, channels_last=args.channels_last,
     )
     return 0
 
@@ -377,6 +393,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "difficult objects ignored; also computes mAP50_voc12, the area variant, and the per-class APs); "
                    "any of AP, AP50, AP75, APs, APm, APl, mAP50_voc07, mAP50_voc12")
     p.add_argument("--batch-size", type=int, default=8)
+    _precision_args(p, default=None, default_help="the detector's own fine-tuning setting, saved in its checkpoint")
     _stage_args(p, settings=False, compute=True)
     p.set_defaults(func=_evaluate)
 
@@ -635,7 +652,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _selfcheck(args: argparse.Namespace) -> int:
     from .stages.selfcheck import run_selfcheck
 
-    return run_selfcheck(out=args.out, expect_processes=args.expect_processes, device=args.device)
+    return run_selfcheck(out=args.out, expect_processes=args.expect_processes, device=args.device, amp=args.amp,
+                         channels_last=args.channels_last)
 
 
 def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
@@ -645,6 +663,7 @@ def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="also write the report as JSON")
     p.add_argument("--expect-processes", type=int, help="fail unless the job runs this many processes (0 or 1: one)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _precision_args(p, default="auto", default_help="auto")
     p.set_defaults(func=_selfcheck)
 
 

@@ -8,6 +8,10 @@ The backbone is a ``Supernet`` or a ``SinglePathNet`` without classification hea
 picked by torchvision's ``BackboneWithFPN``, which holds the very same modules, so
 ``set_path(detector, arch)`` reaches the supernet inside. BN layers stay trainable: torchvision
 freezes BN only when it loads its own pretrained weights, which never happens here.
+
+Under mixed precision the backbone's feature maps and the heads' scores and box regressions are cast
+back to float32 (``precision.float32_outputs``): anchors, RoIAlign, box decoding and the losses run
+in float32 while the convolutions run in bf16/fp16.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .precision import float32_outputs
 from .settings import known_keys
 from .supernet import _Skeleton
 
@@ -165,4 +170,9 @@ def build_detector(body: _Skeleton, *, num_classes: int, settings: DetectorSetti
     """A torchvision detector for ``num_classes`` foreground classes (labels 1..K) around ``body``."""
     if body.num_classes is not None:
         raise ValueError("the detection backbone must have no classification head (num_classes=None)")
-    return DETECTORS[settings.name](body, num_classes, settings)
+    model = DETECTORS[settings.name](body, num_classes, settings)
+    # what anchors and boxes are computed from stays float32 under autocast (a no-op without it)
+    heads = [model.rpn.head, model.roi_heads.box_predictor] if isinstance(model, FasterRCNN) else [model.head]
+    for module in (model.backbone, *heads):
+        module.register_forward_hook(float32_outputs)
+    return model

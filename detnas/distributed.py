@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["Dist", "init_distributed", "set_threads"]
 
@@ -48,16 +48,9 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def all_reduce_mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
-
     def agree(self, token: int, stop: bool) -> bool:
-        """One collective per training step: check every rank holds the same ``token`` (the step's
-        path) and return whether any rank was asked to stop (SIGTERM)."""
+        """One collective: check every rank holds the same ``token`` (the step's path) and return
+        whether any rank was asked to stop (SIGTERM)."""
         if not self.enabled:
             return stop
         dev = self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -68,17 +61,28 @@ class Dist:
                                "every rank must train the same path")
         return bool(t[2])
 
-    def wrap(self, model: nn.Module, *, find_unused_parameters: bool) -> nn.Module:
-        """DDP around ``model`` (SyncBatchNorm first on CUDA); the model itself when single-process.
+    def sum_over_ranks(self, t: Tensor) -> Tensor:
+        """``t`` (on this process's device) summed element-wise over the ranks; ``t`` itself when
+        single-process."""
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
+    def wrap(self, model: nn.Module, *, find_unused_parameters: bool, sync_batchnorm: bool = False) -> nn.Module:
+        """DDP around ``model``; the model itself when single-process.
 
         ``find_unused_parameters`` is needed for the supernet: choices off the path take no part in
         the step (every rank runs the same path, so they are unused on all ranks and keep
-        ``grad is None``).
+        ``grad is None``). ``sync_batchnorm``: BN statistics over the whole batch of all ranks
+        (SyncBatchNorm), as the paper's detection fine-tuning has it; without it each rank normalizes
+        with its own share of the batch, as in ImageNet pre-training. CUDA only: SyncBatchNorm has no
+        CPU implementation, so CPU processes always keep per-process BN.
         """
         if not self.enabled:
             return model
         if self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if sync_batchnorm:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             return nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index], find_unused_parameters=find_unused_parameters
             )

@@ -19,6 +19,7 @@ from .checkpoint import Checkpointer
 from .data.grouping import GroupedBatchSampler
 from .distributed import Dist
 from .formatting import fmt_number
+from .precision import Precision
 from .settings import known_keys
 from .space import Arch, SearchSpace
 from .supernet import inactive_modules, set_path
@@ -201,12 +202,16 @@ class Progress:
     _t_start: float = field(default_factory=time.perf_counter)
     _steps_timed: int = 0
 
+    def logs_at(self, step: int) -> bool:
+        """Whether ``update`` of completed step ``step`` (1-based) prints and records a row."""
+        return step % self.every == 0 or step == self.total
+
     def update(self, step: int, losses: dict[str, float], lr: float, *, extra: dict[str, float] | None = None) -> None:
         """Record completed step ``step`` (1-based)."""
         for k, v in losses.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._count += 1
-        if step % self.every and step != self.total:
+        if not self.logs_at(step):
             return
         now = time.perf_counter()
         dt = now - self._t0
@@ -276,51 +281,98 @@ def train(
     checkpointer: Checkpointer,
     path_for_step: Callable[[int], Arch] | None = None,
     dist: Dist,
+    precision: Precision = Precision(),
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Run iterations ``start_step .. schedule.iterations - 1``.
 
     Each iteration: set this step's path (``path_for_step``, supernets only; a function of the step,
     so every rank holds the same path, which is checked), set the lr, losses =
-    ``step_losses(batch)``, backward their sum, SGD step. Gradients are set to None (not zero)
+    ``step_losses(batch)`` under ``precision.autocast()``, backward their sum, SGD step (through
+    ``scaler``, fp16's gradient scaler, when there is one). Gradients are set to None (not zero)
     before each step, so parameters off the path are skipped by SGD: no momentum, no weight decay.
-    A checkpoint holds the model (unwrapped), the optimizer and ``progress.history``; it is what
-    ``Checkpointer.resume`` loads. On SIGTERM the state is saved after the current step and
-    ``Preempted`` is raised; a rerun resumes from there.
+
+    The host waits for the device only at *sync steps*: steps where ``progress`` logs and steps
+    where ``checkpointer`` saves. The losses of the steps in between stay on the device; at a sync
+    step they are read in one transfer (per step: the loss as a mean over the ranks and the named
+    terms of this rank, in float64, for ``progress``) and checked: a non-finite loss raises
+    ``FloatingPointError`` naming its step, the steps read with it and its lr. The one collective that
+    checks the ranks hold the same path and asks whether any rank got a SIGTERM runs at the first
+    step and after each sync step, so a SIGTERM stops the run within ``progress.every`` steps (or
+    ``checkpointer.every``, if fewer): the state is saved there and ``Preempted`` raised, and a rerun
+    resumes with the same history an uninterrupted run has. fp16's ``scaler`` still waits once per
+    step (``GradScaler.step`` reads whether the gradients overflowed); bf16 and float32 do not.
+
+    A checkpoint holds the model (unwrapped), the optimizer, the scaler, ``progress.history`` and the
+    random number generators; it is what ``Checkpointer.resume`` loads, and the generators are put
+    back here, after the data loader made its workers' seed.
     """
 
     def state_fn() -> dict[str, Any]:
-        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "history": progress.history}
+        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "history": progress.history}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        return state
 
+    pending: list[tuple[int, float, Tensor]] = []  # (step, lr, losses on the device) since the last sync step
+    names: list[str] = []
+    checkpointer.restore_rng()
     model.train()
     with _StopRequest() as stop:
+        synced = True
         for step in range(start_step, schedule.iterations):
             token = 0
             if path_for_step is not None:
                 arch = path_for_step(step)
                 set_path(model, arch)
                 token = zlib.crc32(str(arch).encode())
-            if dist.agree(token, stop.requested):
+            if synced and dist.agree(token, stop.requested):
                 checkpointer.save(step, state_fn)
                 print(f"stop requested: checkpointed at step {step}; a rerun resumes from here", flush=True)
                 raise Preempted(step)
             lr = schedule.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            losses = step_losses(next(batches))
+            batch = next(batches)
+            with precision.autocast():
+                losses = step_losses(batch)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step} ({ {k: float(v) for k, v in losses.items()} }); "
-                    f"lower the learning rate ({lr}) or check the data"
-                )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            values = {"loss": dist.all_reduce_mean(float(loss.detach()))}
-            if len(losses) > 1:
-                values.update({k: float(v.detach()) for k, v in losses.items()})
-            progress.update(step + 1, values, lr)
-            checkpointer.maybe_save(step + 1, schedule.iterations, state_fn)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            names = list(losses) if len(losses) > 1 else []
+            # (1 + named terms,) float64, on the device: read to the host at the next sync step
+            pending.append((step, lr, torch.stack([loss.detach().double(), *(losses[k].detach().double() for k in names)])))
+            synced = progress.logs_at(step + 1) or checkpointer.due(step + 1, schedule.iterations)
+            if synced:
+                for done, lr_done, values in _read_losses(pending, names, dist):
+                    progress.update(done + 1, values, lr_done)
+                pending.clear()
+                checkpointer.maybe_save(step + 1, schedule.iterations, state_fn)
+
+
+def _read_losses(pending: list[tuple[int, float, Tensor]], names: list[str],
+                 dist: Dist) -> list[tuple[int, float, dict[str, float]]]:
+    """The losses of the ``pending`` steps on the host, in one transfer: per step, {"loss": mean over
+    the ranks, <name>: this rank's term, ...}. FloatingPointError at a non-finite loss."""
+    rows = torch.stack([t for _, _, t in pending])  # (steps, 1 + terms), float64
+    rows[:, 0] = dist.sum_over_ranks(rows[:, 0].contiguous())
+    out = []
+    for (step, lr, _), (total, *named) in zip(pending, rows.tolist()):  # the transfer: the host waits here
+        loss = total / dist.world_size if dist.enabled else total
+        if not np.isfinite(loss):
+            terms = f" ({dict(zip(names, named))})" if names else ""
+            raise FloatingPointError(
+                f"loss is {loss} at step {step}{terms}, of steps {pending[0][0]}-{pending[-1][0]} read together; "
+                f"lower the learning rate ({lr}) or check the data"
+            )
+        out.append((step, lr, {"loss": loss, **dict(zip(names, named))}))
+    return out
 
 
 def unwrap(model: nn.Module) -> nn.Module:

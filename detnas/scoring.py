@@ -19,6 +19,7 @@ from .data.classification import ClassificationDataset, classification_transform
 from .engine import recalibrate_bn
 from .evaluate import DetectionImages, evaluate_detector
 from .io import load_checkpoint, read_json
+from .precision import Precision
 from .space import Arch, SearchSpace, get_space
 from .supernet import Supernet, set_path
 
@@ -31,20 +32,22 @@ def _candidate_seed(seed: int, arch: Arch) -> int:
 
 
 class DetectionScorer:
-    """mmAP (AP@[.5:.95]) of a path of the fine-tuned detection supernet, after BN recalibration."""
+    """mmAP (AP@[.5:.95]) of a path of the fine-tuned detection supernet, after BN recalibration;
+    every forward pass (recalibration and detection) under ``precision``."""
 
     def __init__(self, model: nn.Module, val: DetectionImages, recal: DetectionImages, *, batch_size: int,
-                 device: torch.device, seed: int) -> None:
-        self.model, self.val, self.recal = model, val, recal
-        self.batch_size, self.device, self.seed = batch_size, device, seed
+                 device: torch.device, seed: int, precision: Precision = Precision()) -> None:
+        self.model, self.val, self.recal = precision.prepare(model), val, recal
+        self.batch_size, self.device, self.seed, self.precision = batch_size, device, seed, precision
         self.space: SearchSpace | None = getattr(model, "space", None)  # set by detection_scorer
         self.last_metrics: dict[str, float] = {}
 
     def __call__(self, arch: Arch) -> float:
         set_path(self.model, arch)
         torch.manual_seed(_candidate_seed(self.seed, arch))
-        recalibrate_bn(self.model, self.recal.batches(self.batch_size, self.device), lambda b: self.model(*b))
-        self.last_metrics = evaluate_detector(self.model, self.val, batch_size=self.batch_size, device=self.device)
+        with self.precision.autocast():
+            recalibrate_bn(self.model, self.recal.batches(self.batch_size, self.device), lambda b: self.model(*b))
+            self.last_metrics = evaluate_detector(self.model, self.val, batch_size=self.batch_size, device=self.device)
         return self.last_metrics["AP"]
 
 
@@ -53,25 +56,29 @@ class ClassificationScorer:
     after BN recalibration on other training images.
 
     Images are uint8 (B, 3, H, W), normalized batch by batch: ImageNet's 50,000 held-out images at
-    224 px take 7.5 GB this way, 30 GB as float32.
+    224 px take 7.5 GB this way, 30 GB as float32. Every forward pass runs under ``precision``.
     """
 
     def __init__(self, model: nn.Module, val: tuple[Tensor, Tensor], recal: Tensor, *, batch_size: int,
-                 device: torch.device) -> None:
-        self.model, self.batch_size, self.device = model, batch_size, device
+                 device: torch.device, precision: Precision = Precision()) -> None:
+        self.model, self.batch_size, self.device = precision.prepare(model), batch_size, device
+        self.precision = precision
         self.val_x, self.val_y = val
         # split once: every candidate recalibrates on the same batches
-        self.recal_batches = [normalize_images(recal[i:i + batch_size].to(device))
+        self.recal_batches = [precision.images(normalize_images(recal[i:i + batch_size].to(device)))
                               for i in range(0, len(recal), batch_size)]
         self.last_metrics: dict[str, float] = {}
 
+    def _val_images(self, i: int) -> Tensor:
+        """Held-out images i .. i + batch_size - 1, normalized: float32 (B, 3, H, W)."""
+        return self.precision.images(normalize_images(self.val_x[i:i + self.batch_size].to(self.device)))
+
     def __call__(self, arch: Arch) -> float:
         set_path(self.model, arch)
-        recalibrate_bn(self.model, self.recal_batches, self.model)
-        with torch.no_grad():
+        with self.precision.autocast(), torch.no_grad():
+            recalibrate_bn(self.model, self.recal_batches, self.model)
             correct = sum(
-                int((self.model(normalize_images(self.val_x[i:i + self.batch_size].to(self.device))).argmax(1).cpu()
-                     == self.val_y[i:i + self.batch_size]).sum())
+                int((self.model(self._val_images(i)).argmax(1).cpu() == self.val_y[i:i + self.batch_size]).sum())
                 for i in range(0, len(self.val_x), self.batch_size)
             )
         top1 = correct / len(self.val_x)
@@ -88,7 +95,8 @@ def _stack(dataset: ClassificationDataset, limit: int | None, seed: int) -> tupl
 
 
 def classification_scorer(supernet_file: Path, split_file: Path, *, eval_images: int | None, recalibration_images: int,
-                          batch_size: int, seed: int, device: torch.device) -> ClassificationScorer:
+                          batch_size: int, seed: int, device: torch.device,
+                          precision: Precision = Precision()) -> ClassificationScorer:
     """The scorer of ClsNAS: ``supernet_file`` the pre-trained classification supernet, ``split_file``
     its split.json (held-out images to score on, training images to recalibrate on)."""
     ckpt = load_checkpoint(supernet_file, map_location=device)
@@ -101,11 +109,12 @@ def classification_scorer(supernet_file: Path, split_file: Path, *, eval_images:
     val = _stack(ClassificationDataset(Path(split["root"]), transform=transform, include=holdout), eval_images, seed)
     recal_x, _ = _stack(ClassificationDataset(Path(split["root"]), transform=transform, exclude=holdout),
                         recalibration_images, seed)
-    return ClassificationScorer(model, val, recal_x, batch_size=max(batch_size, 32), device=device)
+    return ClassificationScorer(model, val, recal_x, batch_size=max(batch_size, 32), device=device, precision=precision)
 
 
 def detection_scorer(supernet_file: Path, val_file: Path, recal_file: Path, *, eval_images: int | None,
-                     recalibration_images: int, batch_size: int, seed: int, device: torch.device) -> DetectionScorer:
+                     recalibration_images: int, batch_size: int, seed: int, device: torch.device,
+                     precision: Precision = Precision()) -> DetectionScorer:
     """The scorer of DetNAS and random search: ``supernet_file`` a fine-tuned detection supernet,
     ``val_file`` the search-validation annotations, ``recal_file`` the supernet's training annotations."""
     from .stages.finetune import detector_from_checkpoint  # the detector's rebuild from its checkpoint
@@ -113,17 +122,18 @@ def detection_scorer(supernet_file: Path, val_file: Path, recal_file: Path, *, e
     model, meta = detector_from_checkpoint(supernet_file, device)
     val = DetectionImages.load(val_file, limit=eval_images, seed=seed)
     recal = DetectionImages.load(recal_file, limit=recalibration_images, seed=seed, with_objects=True)
-    scorer = DetectionScorer(model, val, recal, batch_size=batch_size, device=device, seed=seed)
+    scorer = DetectionScorer(model, val, recal, batch_size=batch_size, device=device, seed=seed, precision=precision)
     scorer.space = get_space(meta["space"])
     return scorer
 
 
 def build_scorer(kind: str, supernet_file: Path, val_file: Path, recal_file: Path | None, *, eval_images: int | None,
-                 recalibration_images: int, batch_size: int, seed: int,
-                 device: torch.device) -> tuple["DetectionScorer | ClassificationScorer", SearchSpace]:
-    """``kind`` "detection" or "classification": the scorer and the supernet's space."""
+                 recalibration_images: int, batch_size: int, seed: int, device: torch.device,
+                 precision: Precision = Precision()) -> tuple["DetectionScorer | ClassificationScorer", SearchSpace]:
+    """``kind`` "detection" or "classification": the scorer and the supernet's space. ``precision``:
+    how its forward passes compute (default float32, contiguous)."""
     common = dict(eval_images=eval_images, recalibration_images=recalibration_images, batch_size=batch_size,
-                  seed=seed, device=device)
+                  seed=seed, device=device, precision=precision)
     if kind == "classification":
         scorer: DetectionScorer | ClassificationScorer = classification_scorer(supernet_file, val_file, **common)
         return scorer, scorer.model.space

@@ -76,7 +76,8 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     table.to_csv(buf, index=False, float_format=fmt_number)
     write_text_atomic(buf.getvalue(), csv_out)
     curves = {m: pd.read_csv(p) for m, p in histories.items()}
-    plot_comparison(table, curves, png_out, title=f"{experiment}: methods side by side")
+    plot_comparison(table, curves, png_out, title=(f"{experiment}: methods side by side; searched on the detection supernet fine-tuned from the "
+                                            "pre-trained supernet (scratch: trained from scratch; clsnas: the classification supernet)"))
     with StageRun(**mlflow, params={"methods": list(table["method"])}) as run:
         for _, r in table.iterrows():
             name = "random_archs" if pd.notna(r["AP_std"]) else r["method"]  # MLflow names allow no "(n=N)"

@@ -13,6 +13,7 @@ from ..evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detect
 from ..flops import cost_table
 from ..formatting import fmt_number
 from ..io import read_json, write_json_atomic
+from ..precision import Precision
 from ..space import get_space, split_space_name
 from ..tracking import StageRun
 from ..voc_eval import VOC_METRICS, voc_ap
@@ -63,6 +64,8 @@ def run_evaluate(
     mlflow: dict[str, Any],
     threads: int,
     device: str = "auto",
+    amp: str | bool | None = None,
+    channels_last: bool | str | None = None,
 ) -> None:
     """Evaluate on every test image; ``final.json`` gets the fields of PIPELINE.md.
 
@@ -72,12 +75,21 @@ def run_evaluate(
     paper's VOC metric) also computes both VOC figures and the per-class APs (``voc_per_class``),
     with difficult objects (``iscrowd: 1`` in the internal format) ignored; the COCOeval figures are
     always there. A figure that is undefined (no ground truth of that kind) is null.
+
+    ``amp``, ``channels_last`` (``detnas.precision``): None takes the setting the detector was
+    fine-tuned with (saved in its checkpoint; "auto" for a checkpoint without it), resolved for this
+    device.
     """
     if primary_metric not in PRIMARY_METRICS:
         raise ValueError(f"primary metric must be one of {', '.join(PRIMARY_METRICS)}, got {primary_metric!r}")
     dist = init_distributed(device)
     set_threads(threads, 1)
     model, meta = detector_from_checkpoint(detector, dist.device)
+    trained = meta.get("precision", {})
+    precision = Precision.resolve(trained.get("amp", "auto") if amp is None else amp,
+                                  trained.get("channels_last", "auto") if channels_last is None else channels_last,
+                                  dist.device)
+    precision.prepare(model)
     chosen = read_json(arch_file)
     if meta["arch"] != chosen["arch"]:
         raise ValueError(f"{detector}: trained architecture {meta['arch']} is not the chosen {chosen['arch']} of {arch_file}")
@@ -86,13 +98,15 @@ def run_evaluate(
     table = cost_table(space)
     cls = read_json(classifier_metrics)
     with StageRun(**mlflow, params={"test_file": str(test_file), "primary_metric": primary_metric,
-                                    "classes": meta.get("category_names"), **info}) as run:
+                                    "classes": meta.get("category_names"), "precision": precision.describe(),
+                                    **info}) as run:
         t = time.perf_counter()
         data = DetectionImages.load(test_file)
         if data.category_ids != meta["category_ids"]:
             raise ValueError(f"{test_file}: category ids {data.category_ids} differ from those {detector} was trained "
                              f"on ({meta['category_ids']}); evaluate on the test split of the same dataset")
-        results = detect(model, data, batch_size=batch_size, device=dist.device)
+        with precision.autocast():  # the boxes come out in float32 (detectors)
+            results = detect(model, data, batch_size=batch_size, device=dist.device)
         metrics: dict[str, float | None] = coco_box_metrics(data.coco, results, data.image_ids)
         classes = {c: data.coco.cats[c]["name"] for c in data.category_ids}
         per_class = None
@@ -110,6 +124,7 @@ def run_evaluate(
             "backbone_params_m": table.backbone_params(arch) / 1e6,
             "classifier_params_m": table.classifier_params(arch, cls["num_classes"]) / 1e6,
             "test_images": len(data),
+            "precision": precision.describe(),
             **metrics,
             "primary_metric": primary_metric,
             "primary_value": metrics[primary_metric],
@@ -127,4 +142,4 @@ def run_evaluate(
     shown = [primary_metric, *(k for k in PRIMARY_METRICS if k in metrics and k != primary_metric)]
     summary = " ".join(f"{k} {fmt_number(metrics[k])}" for k in shown)
     print(f"{info.get('experiment')} {info.get('method')}: {arch} on {len(data)} test images: {summary} "
-          f"(top-1 {final['top1']}) in {seconds:.1f} s", flush=True)
+          f"(top-1 {final['top1']}) in {seconds:.1f} s (amp {precision.amp}, {precision.memory_format})", flush=True)

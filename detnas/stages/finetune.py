@@ -27,6 +27,7 @@ from ..engine import (
 )
 from ..io import load_checkpoint, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
+from ..precision import Precision
 from ..settings import known_keys
 from ..space import Arch, SearchSpace, get_space
 from ..supernet import SinglePathNet, Supernet, _Skeleton
@@ -50,6 +51,8 @@ class DetectionSettings:
     log_every: int = 20
     eval_batch_size: int = 8
     schedule_factor: float = 1.0  # DetNAS-scratch: 2, twice the iterations (milestones scaled too)
+    amp: str | bool = "auto"  # auto, bf16, fp16, off (detnas.precision)
+    channels_last: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectionSettings":
@@ -116,6 +119,7 @@ def run_finetune(
     cfg = DetectionSettings.from_dict(settings)
     schedule = cfg.schedule.scaled(cfg.schedule_factor) if cfg.schedule_factor != 1 else cfg.schedule
     dist = init_distributed(device)
+    precision = Precision.resolve(cfg.amp, cfg.channels_last, dist.device)
     set_threads(threads, dist.world_size)
     space = get_space(cfg.space)
     fixed = space.parse(arch) if arch else None
@@ -126,30 +130,38 @@ def run_finetune(
     if init is not None:
         load_classification_weights(body, init)
     model = build_detector(body, num_classes=dataset.num_classes, settings=cfg.detector).to(dist.device)
+    precision.prepare(model)
 
     optimizer = make_sgd(model, schedule)
-    # "batches" in the resume key: a checkpoint of the ungrouped sampler would resume another sequence
+    scaler = precision.grad_scaler()
+    # "batches" in the resume key: a checkpoint of the ungrouped sampler would resume another sequence;
+    # the resolved precision: "auto" on another device is another computation
     checkpointer = Checkpointer(
-        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size, "batches": "aspect_ratio_groups"},
+        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size, "batches": "aspect_ratio_groups",
+                                  "precision": precision.describe()},
         inputs={"train": train_file, "init": init}, every=cfg.checkpoint_every, dist=dist,
     )
-    start, history = checkpointer.resume(model, optimizer)
+    start, history = checkpointer.resume(model, optimizer, scaler)
     # landscape and portrait images in separate batches: far less padding (data/grouping.py)
     groups = aspect_ratio_groups((dataset.coco.imgs[i]["width"], dataset.coco.imgs[i]["height"])
                                  for i in dataset.image_ids)
     batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
                                threads=threads, collate_fn=collate_detection, group_ids=groups)
-    wrapped = dist.wrap(model, find_unused_parameters=True)
+    # BN statistics over the whole batch of every GPU (SyncBatchNorm), as the paper fine-tunes detectors
+    wrapped = dist.wrap(model, find_unused_parameters=True, sync_batchnorm=True)
 
     def step_losses(batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
         images, targets = batch
         images = [im.to(dist.device, non_blocking=True) for im in images]
-        targets = [{k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        # pinned by the loader on CUDA: no copy waits for the device
+        targets = [{k: v.to(dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]
         return wrapped(images, targets)
 
     kind = "supernet" if fixed is None else f"network {fixed}"
     init_name = "scratch" if init is None else str(init)
-    with StageRun(**mlflow, params={**settings, "arch": arch, "init": init_name, "world_size": dist.world_size},
+    with StageRun(**mlflow, params={**settings, "arch": arch, "init": init_name, "world_size": dist.world_size,
+                                    "precision": precision.describe()},
                   enabled=dist.is_main, resume_run_id=checkpointer.mlflow_run_id) as run:
         checkpointer.mlflow_run_id = run.run_id
         for row in history:  # rows a killed attempt logged are skipped; the ones it had not sent are filled in
@@ -160,13 +172,13 @@ def run_finetune(
             sink=run.log_progress,
         )
         print(f"finetune {cfg.detector.name} {kind} from {init_name}: {len(dataset)} images, "
-              f"{dataset.num_classes} classes, {dist.world_size} process(es) on {dist.device}, "
-              f"{schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
+              f"{dataset.num_classes} classes, {dist.world_size} process(es) on {dist.device} (amp {precision.amp}, "
+              f"{precision.memory_format}), {schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
         train(
             model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=schedule,
             start_step=start, progress=progress, checkpointer=checkpointer,
             path_for_step=(lambda step: uniform_path(space, cfg.seed, step)) if fixed is None else None,
-            dist=dist,
+            dist=dist, precision=precision, scaler=scaler,
         )
         metrics = {
             "kind": "supernet" if fixed is None else "single_path",
@@ -177,14 +189,18 @@ def run_finetune(
             "iterations": schedule.iterations,
             "images": len(dataset),
             "world_size": dist.world_size,
+            "precision": precision.describe(),
             "initial_loss": history[0]["loss"] if history else None,
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
         }
         if dist.is_main:
             detector_settings = dict(settings["detector"])
+            # the settings, not their resolution: `evaluate` resolves them for the device it runs on
+            precision_settings = {"amp": cfg.amp, "channels_last": cfg.channels_last}
             save_checkpoint(
                 {"kind": "detector", "space": space.name, "arch": arch, "detector": detector_settings,
+                 "precision": precision_settings,
                  "num_classes": dataset.num_classes, "category_ids": dataset.category_ids,
                  "category_names": [dataset.coco.cats[c]["name"] for c in dataset.category_ids],
                  "state_dict": unwrap(wrapped).state_dict()},

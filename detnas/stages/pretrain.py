@@ -31,6 +31,7 @@ from ..evaluate import top1_accuracy
 from ..formatting import fmt_number
 from ..io import read_json, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
+from ..precision import Precision
 from ..settings import known_keys
 from ..space import get_space
 from ..supernet import SinglePathNet, Supernet
@@ -53,6 +54,8 @@ class ClassificationSettings:
     checkpoint_every: int = 1000
     log_every: int = 20
     eval_batch_size: int = 256
+    amp: str | bool = "auto"  # auto, bf16, fp16, off (detnas.precision)
+    channels_last: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassificationSettings":
@@ -84,6 +87,7 @@ def run_pretrain(
     """
     cfg = ClassificationSettings.from_dict(settings)
     dist = init_distributed(device)
+    precision = Precision.resolve(cfg.amp, cfg.channels_last, dist.device)
     set_threads(threads, dist.world_size)
     space = get_space(cfg.space)
     split = read_json(split_file)
@@ -95,7 +99,7 @@ def run_pretrain(
     else:
         fixed = space.parse(arch)
         model = SinglePathNet(space, fixed, num_classes=len(classes), dropout=cfg.dropout)
-    model.to(dist.device)
+    precision.prepare(model.to(dist.device))
 
     # the supernet leaves ClsNAS's held-out images alone (they score its paths); a final network
     # trains on the whole training set, as the paper's do. Workers decode, crop and flip uint8
@@ -108,24 +112,28 @@ def run_pretrain(
         decode="tensor",
     )
     optimizer = make_sgd(model, cfg.schedule)
+    scaler = precision.grad_scaler()
+    # the resolved precision in the key: "auto" on another device is another computation
     checkpointer = Checkpointer(
-        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size},
+        checkpoint_dir, settings={**settings, "arch": arch, "world": dist.world_size, "precision": precision.describe()},
         inputs={"split": split_file}, every=cfg.checkpoint_every, dist=dist,
     )
-    start, history = checkpointer.resume(model, optimizer)
+    start, history = checkpointer.resume(model, optimizer, scaler)
     batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
                                threads=threads)
-    wrapped = dist.wrap(model, find_unused_parameters=fixed is None)
+    # BN statistics per rank (per-GPU BN), as in the paper's ImageNet training; only detection syncs them
+    wrapped = dist.wrap(model, find_unused_parameters=fixed is None, sync_batchnorm=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def step_losses(batch: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
         (crops, params), y = batch  # uint8 (B, 3, S, S), float32 (B, 7), int64 (B,)
         x = augment.finish(crops.to(dist.device, non_blocking=True), params.to(dist.device, non_blocking=True))
-        return {"loss": criterion(wrapped(x), y.to(dist.device, non_blocking=True))}
+        return {"loss": criterion(wrapped(precision.images(x)), y.to(dist.device, non_blocking=True))}
 
     kind = "supernet" if fixed is None else f"network {fixed}"
-    with StageRun(**mlflow, params={**settings, "arch": arch, "world_size": dist.world_size}, enabled=dist.is_main,
-                  resume_run_id=checkpointer.mlflow_run_id) as run:
+    with StageRun(**mlflow, params={**settings, "arch": arch, "world_size": dist.world_size,
+                                    "precision": precision.describe()},
+                  enabled=dist.is_main, resume_run_id=checkpointer.mlflow_run_id) as run:
         checkpointer.mlflow_run_id = run.run_id
         for row in history:  # rows a killed attempt logged are skipped; the ones it had not sent are filled in
             run.log_progress(row)
@@ -135,12 +143,13 @@ def run_pretrain(
             sink=run.log_progress,
         )
         print(f"pretrain {kind}: {len(dataset)} images, {len(classes)} classes, {dist.world_size} process(es) "
-              f"on {dist.device}, {cfg.schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
+              f"on {dist.device} (amp {precision.amp}, {precision.memory_format}), {cfg.schedule.iterations} "
+              f"iterations of {cfg.batch_size} images", flush=True)
         train(
             model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=cfg.schedule,
             start_step=start, progress=progress, checkpointer=checkpointer,
             path_for_step=(lambda step: uniform_path(space, cfg.seed, step)) if fixed is None else None,
-            dist=dist,
+            dist=dist, precision=precision, scaler=scaler,
         )
         metrics: dict[str, Any] = {
             "kind": "supernet" if fixed is None else "single_path",
@@ -150,6 +159,7 @@ def run_pretrain(
             "images": len(dataset),
             "num_classes": len(classes),
             "world_size": dist.world_size,
+            "precision": precision.describe(),
             "initial_loss": history[0]["loss"] if history else None,
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
@@ -162,8 +172,10 @@ def run_pretrain(
                 decode="tensor",
             )
             val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, pin_memory=dist.device.type == "cuda")
-            val_batches = ((normalize_images(x.to(dist.device, non_blocking=True)), y) for x, y in val_loader)
-            metrics["top1"] = top1_accuracy(model, val_batches, dist.device)
+            val_batches = ((precision.images(normalize_images(x.to(dist.device, non_blocking=True))), y)
+                           for x, y in val_loader)
+            with precision.autocast():
+                metrics["top1"] = top1_accuracy(model, val_batches, dist.device)
             print(f"top-1 on {val_root}: {fmt_number(metrics['top1'])}", flush=True)
             run.log_metrics({"top1": metrics["top1"]}, cfg.schedule.iterations)
         if dist.is_main:

@@ -28,6 +28,7 @@ from ..formatting import fmt_number
 from ..io import load_checkpoint, read_json, write_json_atomic
 from ..plots import plot_ranking
 from ..ranking import correlate
+from ..precision import Precision
 from ..scoring import build_scorer
 from ..tracking import StageRun
 from .search import StageSearchSettings
@@ -197,8 +198,9 @@ def run_ranking_stage(
         print(f"ranking: {e['method']} ({e['arch']}) left out: {e['reason']}", flush=True)
     set_threads(threads)
     dev = init_distributed(device).device  # one process: only the device choice
+    # the search's precision: a fitness computed here is the number the search would have computed
     common = dict(eval_images=s.eval_images, recalibration_images=s.recalibration_images, batch_size=s.batch_size,
-                  seed=s.seed, device=dev)
+                  seed=s.seed, device=dev, precision=Precision.resolve(s.amp, s.channels_last, dev))
     sides = {
         "detection": (detection_histories,
                       lambda: build("detection", detection_supernet, detection_val, detection_recal, **common)),

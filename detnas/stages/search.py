@@ -28,6 +28,7 @@ from ..flops import cost_table
 from ..formatting import fmt_number
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
+from ..precision import Precision
 from ..scoring import ClassificationScorer, DetectionScorer, build_scorer
 from ..search import Candidate, SearchSettings, best, run_search, top
 from ..settings import known_keys
@@ -55,6 +56,8 @@ class StageSearchSettings:
     batch_size: int = 8
     seed: int = 0  # the images a candidate is scored on; repeat r searches with seed + r
     repeats: int = 1
+    amp: str | bool = "auto"  # the scoring forwards: auto, bf16, fp16, off (detnas.precision)
+    channels_last: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageSearchSettings":
@@ -154,11 +157,12 @@ def run_search_stage(
     """
     s = StageSearchSettings.from_dict(settings)
     dist = init_distributed(device)
+    precision = Precision.resolve(s.amp, s.channels_last, dist.device)
     set_threads(threads, dist.world_size)
     t0 = time.perf_counter()
     scorer, space = build_scorer("classification" if s.method == "clsnas" else "detection", supernet, val_file,
                                  recal_file, eval_images=s.eval_images, recalibration_images=s.recalibration_images,
-                                 batch_size=s.batch_size, seed=s.seed, device=dist.device)
+                                 batch_size=s.batch_size, seed=s.seed, device=dist.device, precision=precision)
     prep_seconds = time.perf_counter() - t0
     if not dist.is_main:
         _worker_loop(dist, scorer, space, cost_table(space).backbone_macs)
@@ -166,7 +170,7 @@ def run_search_stage(
         return
 
     try:
-        _lead(s, settings, space, scorer, dist, inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
+        _lead(s, settings, space, scorer, dist, precision, inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
               checkpoint_dir=checkpoint_dir, mlflow=mlflow,
               arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
     finally:
@@ -180,6 +184,7 @@ def _lead(
     space: SearchSpace,
     scorer: Callable[[Arch], float],
     dist: Dist,
+    precision: Precision,
     *,
     inputs: dict[str, Path | None],
     checkpoint_dir: Path,
@@ -197,10 +202,10 @@ def _lead(
     def feasible(arch: Arch) -> bool:
         return lo <= table.backbone_macs(arch) <= hi
 
-    # scores are valid only for the exact supernet and images that produced them: a folder of other
-    # settings or other input content is wiped, so every candidate is scored anew
+    # scores are valid only for the exact supernet, images and precision that produced them: a folder
+    # of other settings or other input content is wiped, so every candidate is scored anew
     marker = checkpoint_dir / "resume.json"
-    key = resume_key({"settings": settings, "space": space.name}, inputs)
+    key = resume_key({"settings": settings, "space": space.name, "precision": precision.describe()}, inputs)
     saved = read_json(marker) if marker.is_file() else {}
     scores_file = checkpoint_dir / "scores.jsonl"
     state_files = [checkpoint_dir / f"state_repeat{r}.json" for r in range(s.repeats)]
@@ -224,9 +229,10 @@ def _lead(
     budget = s.population * s.generations * s.repeats
     print(f"search {s.method}: space {space.name}, {s.repeats} repeat(s) of {s.population * s.generations} "
           f"evaluations at most, FLOPs in [{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M, "
-          f"{dist.world_size} process(es); images prepared in {prep_seconds:.1f} s", flush=True)
+          f"{dist.world_size} process(es) (amp {precision.amp}, {precision.memory_format}); images prepared in "
+          f"{prep_seconds:.1f} s", flush=True)
 
-    with StageRun(**mlflow, params={**settings, "world_size": dist.world_size},
+    with StageRun(**mlflow, params={**settings, "world_size": dist.world_size, "precision": precision.describe()},
                   resume_run_id=saved.get("mlflow_run_id")) as run:
         write_json_atomic({"resume_key": key, "mlflow_run_id": run.run_id}, marker)
         prefix = (lambda r: "") if s.repeats == 1 else (lambda r: f"repeat{r + 1}/")

@@ -13,6 +13,7 @@ import torch
 
 from ..distributed import init_distributed
 from ..io import write_json_atomic
+from ..precision import Precision
 
 __all__ = ["run_selfcheck"]
 
@@ -20,12 +21,22 @@ _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_CPUS_PER_T
                "SLURM_JOB_NODELIST", "CUDA_VISIBLE_DEVICES")
 
 
-def run_selfcheck(*, out: Path | None, expect_processes: int | None, device: str = "auto") -> int:
-    """Gather every rank's view on rank 0, print it, write it as JSON; 1 if it is not as expected."""
+def run_selfcheck(*, out: Path | None, expect_processes: int | None, device: str = "auto",
+                  amp: str | bool = "auto", channels_last: bool | str = "auto") -> int:
+    """Gather every rank's view on rank 0, print it, write it as JSON; 1 if it is not as expected.
+
+    Each rank also reports what the ``amp`` and ``channels_last`` settings resolve to on its device
+    (``amp``: bf16, fp16 or off; ``memory_format``: channels_last or contiguous) and, on CUDA, the GPU's
+    name and whether it computes bf16 natively."""
     dist = init_distributed(device)
+    precision = Precision.resolve(amp, channels_last, dist.device)
+    cuda = dist.device.type == "cuda"
     mine: dict[str, Any] = {
         "rank": dist.rank, "local_rank": dist.local_rank, "world_size": dist.world_size,
         "host": socket.gethostname(), "pid": os.getpid(), "device": str(dist.device),
+        "gpu": torch.cuda.get_device_name(dist.device) if cuda else None,
+        "native_bf16": torch.cuda.is_bf16_supported(including_emulation=False) if cuda else None,
+        **precision.describe(),
         "cuda_devices": torch.cuda.device_count(), "threads": torch.get_num_threads(),
         **{k: os.environ.get(k) for k in _SLURM_VARS},
     }
@@ -45,8 +56,10 @@ def run_selfcheck(*, out: Path | None, expect_processes: int | None, device: str
     print(f"selfcheck: {dist.world_size} process(es), {mine['cuda_devices']} CUDA device(s) visible, "
           f"SLURM job {mine['SLURM_JOB_ID'] or '-'} with {tasks} task(s)")
     for r in ranks:
-        print(f"  rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['device']}, "
-              f"{r['threads']} threads, CUDA_VISIBLE_DEVICES={r['CUDA_VISIBLE_DEVICES']}")
+        gpu = f" ({r['gpu']})" if r["gpu"] else ""
+        print(f"  rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['device']}{gpu}, "
+              f"amp {r['amp']}, {r['memory_format']}, {r['threads']} threads, "
+              f"CUDA_VISIBLE_DEVICES={r['CUDA_VISIBLE_DEVICES']}")
     for p in problems:
         print(f"PROBLEM: {p}")
     if out is not None:
