@@ -44,6 +44,35 @@ def det_source(tmp_path_factory) -> Path:
     return root
 
 
+TINY_DETECTOR = dict(min_size=64, max_size=64, fpn_channels=16, head_conv_channels=16, head_fc_channels=32,
+                     anchor_sizes=[8, 16, 32, 48, 64], rpn_post_nms_top_n_test=50, rpn_pre_nms_top_n_test=100)
+
+
+def save_search_inputs(det_source: Path, root: Path, supernet_name: str = "supernet.pt") -> Path:
+    """What a detection search reads, on tiny data: ``supernet_train.json`` (its recalibration images),
+    ``search_val.json`` (6 images) and an untrained tiny detection supernet saved as a fine-tuned one
+    (``root / supernet_name``, seeded, so every caller gets the same weights). Returns ``root``."""
+    import torch
+
+    from detnas.data.coco import prepare_detection, split_detection
+    from detnas.detectors import DetectorSettings, build_detector
+    from detnas.io import save_checkpoint
+    from detnas.space import get_space
+    from detnas.supernet import Supernet
+
+    data = prepare_detection(det_source / "instances_train.json", [det_source / "images"])
+    train, val = split_detection(data, size=6, seed=0)
+    write_json_atomic(train, root / "supernet_train.json")
+    write_json_atomic(val, root / "search_val.json")
+    torch.manual_seed(0)
+    model = build_detector(Supernet(get_space("tiny")), num_classes=5,
+                           settings=DetectorSettings.from_dict(TINY_DETECTOR))
+    save_checkpoint({"kind": "detector", "space": "tiny", "arch": None, "detector": dict(TINY_DETECTOR),
+                     "num_classes": 5, "category_ids": [1, 2, 3, 4, 5], "state_dict": model.state_dict()},
+                    root / supernet_name)
+    return root
+
+
 def run_detnas(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300,
                launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """``python -m detnas <args>`` in a subprocess (as the workflow runs it)."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from conftest import save_search_inputs
 
 from detnas.ranking import average_ranks, bootstrap_ci, correlate, kendall_tau_b, spearman_rho
 from detnas.space import get_space
@@ -249,22 +250,10 @@ def test_stage_with_two_points_reports_null_statistics(experiment_dir, capsys):
 def supernets(det_source, cls_split, tmp_path_factory):
     """An untrained tiny detection supernet (saved as a fine-tuned one) and classification supernet,
     with the search split, the recalibration annotations and the classification split."""
-    from detnas.data.coco import prepare_detection, split_detection
-    from detnas.detectors import DetectorSettings, build_detector
-    from detnas.io import read_json, save_checkpoint, write_json_atomic
+    from detnas.io import read_json, save_checkpoint
     from detnas.supernet import Supernet
 
-    root = tmp_path_factory.mktemp("ranking")
-    data = prepare_detection(det_source / "instances_train.json", [det_source / "images"])
-    train, val = split_detection(data, size=6, seed=0)
-    write_json_atomic(train, root / "supernet_train.json")
-    write_json_atomic(val, root / "search_val.json")
-    detector = dict(min_size=64, max_size=64, fpn_channels=16, head_conv_channels=16, head_fc_channels=32,
-                    anchor_sizes=[8, 16, 32, 48, 64], rpn_post_nms_top_n_test=50, rpn_pre_nms_top_n_test=100)
-    torch.manual_seed(0)
-    model = build_detector(Supernet(get_space("tiny")), num_classes=5, settings=DetectorSettings.from_dict(detector))
-    save_checkpoint({"kind": "detector", "space": "tiny", "arch": None, "detector": detector, "num_classes": 5,
-                     "category_ids": [1, 2, 3, 4, 5], "state_dict": model.state_dict()}, root / "det.pt")
+    root = save_search_inputs(det_source, tmp_path_factory.mktemp("ranking"), supernet_name="det.pt")
     classes = read_json(cls_split)["classes"]
     cls = Supernet(get_space("tiny"), num_classes=len(classes))
     save_checkpoint({"kind": "supernet", "space": "tiny", "arch": None, "classes": classes, "dropout": 0.1,

@@ -9,8 +9,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from conftest import as_json, run_detnas
+from conftest import as_json, run_detnas, save_search_inputs
 
 from detnas.flops import cost_table
 from detnas.search import SearchSettings, best, run_search
@@ -117,23 +116,7 @@ def test_exhausted_space_stops_cleanly():
 @pytest.fixture(scope="module")
 def search_inputs(det_source, tmp_path_factory):
     """An untrained tiny detection supernet saved as a fine-tuned one, and the split files."""
-    from detnas.data.coco import prepare_detection, split_detection
-    from detnas.detectors import DetectorSettings, build_detector
-    from detnas.io import save_checkpoint, write_json_atomic
-    from detnas.supernet import Supernet
-
-    root = tmp_path_factory.mktemp("search")
-    data = prepare_detection(det_source / "instances_train.json", [det_source / "images"])
-    train, val = split_detection(data, size=6, seed=0)
-    write_json_atomic(train, root / "supernet_train.json")
-    write_json_atomic(val, root / "search_val.json")
-    detector = dict(min_size=64, max_size=64, fpn_channels=16, head_conv_channels=16, head_fc_channels=32,
-                    anchor_sizes=[8, 16, 32, 48, 64], rpn_post_nms_top_n_test=50, rpn_pre_nms_top_n_test=100)
-    torch.manual_seed(0)
-    model = build_detector(Supernet(get_space("tiny")), num_classes=5, settings=DetectorSettings.from_dict(detector))
-    save_checkpoint({"kind": "detector", "space": "tiny", "arch": None, "detector": detector, "num_classes": 5,
-                     "category_ids": [1, 2, 3, 4, 5], "state_dict": model.state_dict()}, root / "supernet.pt")
-    return root
+    return save_search_inputs(det_source, tmp_path_factory.mktemp("search"))
 
 
 SEARCH = {"method": "detnas", "population": 6, "parents": 2, "generations": 3, "max_mflops": 40,
