@@ -500,11 +500,10 @@ def _random_arch(args: argparse.Namespace) -> int:
 
     space = get_space(args.space)
     table = cost_table(space)
-    lo = -float("inf") if args.min_mflops is None else args.min_mflops * 1e6
-    hi = float("inf") if args.max_mflops is None else args.max_mflops * 1e6
     if not 1 <= args.index <= args.count:
         raise ValueError(f"--index must be in 1..{args.count}, got {args.index}")
-    arch = random_architectures(space, args.count, lambda a: lo <= table.backbone_macs(a) <= hi, args.seed)[args.index - 1]
+    feasible = table.within(args.min_mflops, args.max_mflops)
+    arch = random_architectures(space, args.count, feasible, args.seed)[args.index - 1]
     result = _unsearched_arch(table, space, arch, f"random_arch_{args.index}",
                               random_archs={"index": args.index, "count": args.count, "seed": args.seed})
     write_json_atomic(result, args.out)

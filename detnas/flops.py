@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -113,6 +113,12 @@ class CostTable:
     def classifier_params(self, arch: Arch, num_classes: int = 1000) -> int:
         """Parameters of the whole classification network (backbone + last conv + linear)."""
         return self.backbone_params(arch) + self.last_conv_params + self._last * num_classes
+
+    def within(self, min_mflops: float | None = None, max_mflops: float | None = None) -> Callable[[Arch], bool]:
+        """The FLOPs constraint of a search: ``arch -> min <= backbone MFLOPs <= max`` (None: unbounded)."""
+        lo = -np.inf if min_mflops is None else min_mflops
+        hi = np.inf if max_mflops is None else max_mflops
+        return lambda arch: bool(lo <= self.backbone_macs(arch) / 1e6 <= hi)
 
     def bounds(self) -> tuple[int, int]:
         """The smallest and largest backbone MACs over the whole space."""

@@ -135,3 +135,19 @@ def test_flops_cli_prints_the_scaled_baselines(capsys):
     assert main(["flops", "--space", "tiny", "--scale-to", "40"]) == 0
     out = capsys.readouterr().out
     assert "shufflenetv2 @40M" in out and "tiny@w1.0937" in out and "33.6" in out and "39.3" in out
+
+
+def test_within_is_the_search_constraint_with_inclusive_bounds():
+    space = get_space("tiny")
+    table = cost_table(space)
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(40)]
+    mflops = sorted(table.backbone_macs(a) / 1e6 for a in archs)
+    lo, hi = mflops[10], mflops[30]
+    inside = table.within(lo, hi)
+    assert [inside(a) for a in archs] == [lo <= table.backbone_macs(a) / 1e6 <= hi for a in archs]
+    assert 20 <= sum(map(inside, archs)) < 40  # both bounds bite, and each is inclusive
+    assert all(map(table.within(), archs)) and all(map(table.within(None, hi), [a for a in archs if inside(a)]))
+    cheapest, dearest = table.bounds()
+    assert not any(map(table.within(max_mflops=cheapest / 1e6 - 1e-3), archs))
+    assert not any(map(table.within(min_mflops=dearest / 1e6 + 1e-3), archs))

@@ -196,11 +196,7 @@ def _lead(
 ) -> None:
     """Rank 0: run the EA, scoring generations across the ranks; write the outputs."""
     table = cost_table(space)
-    lo = -np.inf if s.min_mflops is None else s.min_mflops * 1e6
-    hi = np.inf if s.max_mflops is None else s.max_mflops * 1e6
-
-    def feasible(arch: Arch) -> bool:
-        return lo <= table.backbone_macs(arch) <= hi
+    feasible = table.within(s.min_mflops, s.max_mflops)
 
     # scores are valid only for the exact supernet, images and precision that produced them: a folder
     # of other settings or other input content is wiped, so every candidate is scored anew
