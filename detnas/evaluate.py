@@ -142,24 +142,47 @@ def _results_coco(coco: COCO, results: list[dict[str, Any]]) -> COCO:
     return dt
 
 
-def coco_box_metrics(coco: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None) -> dict[str, float | None]:
+def coco_box_metrics(coco: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None, *,
+                     by_size: bool = True) -> dict[str, float | None]:
     """AP, AP50, AP75, APs, APm, APl (COCO's AP@[.5:.95] etc., as fractions) of ``results`` on
     ``image_ids`` (default: every image of ``coco``). No detections at all scores 0 wherever a box exists.
 
     A figure is None where no (non-crowd) ground-truth box counts for it: APs/APm/APl when no box
     of that size exists (COCOeval's -1), all six only when the images hold no box at all. None
     means "not defined", never "0".
+
+    ``by_size=False``: AP, AP50 and AP75 only, the same values, in about a third of the time (what a
+    search scores every candidate with): COCOeval matches every image and category once per object
+    size range, and accumulates per detection limit; this asks it for all sizes and 100 detections.
     """
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
         dt = _results_coco(coco, results)
         ev = COCOeval(coco, dt, iouType="bbox")
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
+        if not by_size:
+            all_sizes = ev.params.areaRngLbl.index("all")
+            ev.params.areaRng, ev.params.areaRngLbl = [ev.params.areaRng[all_sizes]], ["all"]
+            ev.params.maxDets = [100]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
+        if by_size:
+            ev.summarize()
+            stats = ev.stats[:6]
+        else:
+            stats = [_mean_precision(ev), _mean_precision(ev, 0.5), _mean_precision(ev, 0.75)]
     # COCOeval's -1 is "no ground truth of that kind": undefined, so None (null in JSON)
-    return {k: None if v < 0 else float(v) for k, v in zip(COCO_METRICS, ev.stats[:6])}
+    return {k: None if v < 0 else float(v) for k, v in zip(COCO_METRICS, stats)}
+
+
+def _mean_precision(ev: COCOeval, iou: float | None = None) -> float:
+    """COCOeval.summarize's AP over every IoU threshold (or at ``iou``), for its first object size
+    range and last detection limit: the mean of the precisions that are defined, -1 where none is."""
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall points, categories)
+    if iou is not None:
+        precision = precision[np.where(iou == ev.params.iouThrs)[0]]
+    defined = precision[precision > -1]
+    return float(np.mean(defined)) if defined.size else -1.0
 
 
 @torch.no_grad()
@@ -174,9 +197,11 @@ def detect(model: nn.Module, data: DetectionImages, *, batch_size: int, device: 
     return detection_results(outputs, data.image_ids, data.category_ids)
 
 
-def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> dict[str, float | None]:
+def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device,
+                      by_size: bool = True) -> dict[str, float | None]:
     """COCO box metrics of ``model`` on prepared images (see ``coco_box_metrics``)."""
-    return coco_box_metrics(data.coco, detect(model, data, batch_size=batch_size, device=device), data.image_ids)
+    return coco_box_metrics(data.coco, detect(model, data, batch_size=batch_size, device=device), data.image_ids,
+                            by_size=by_size)
 
 
 @torch.no_grad()

@@ -77,6 +77,37 @@ def test_sizes_without_ground_truth_are_null_not_zero():
     assert json.loads(json.dumps(m))["APs"] is None  # null in final.json
 
 
+def test_search_metrics_are_the_full_evaluations(test_file):
+    # by_size=False (every search candidate): AP, AP50, AP75 exactly as the full COCOeval gives them,
+    # on noisy boxes with scores, a wrong class, crowd regions, an image with no box, no detections
+    data = DetectionImages.load(test_file)
+    rng = np.random.default_rng(0)
+    outputs = []
+    for o in _ground_truth_as_outputs(data):
+        n = len(o["labels"])
+        boxes = o["boxes"] + torch.from_numpy(rng.normal(0, 3, (n, 4))).float()
+        labels = torch.where(torch.from_numpy(rng.random(n) < 0.2), o["labels"] % len(data.category_ids) + 1,
+                             o["labels"])
+        outputs.append({"boxes": boxes, "labels": labels, "scores": torch.from_numpy(rng.random(n)).float()})
+    noisy = detection_results(outputs, data.image_ids, data.category_ids)
+    boxes = [(1, 1, [10, 10, 150, 120], 0), (1, 2, [200, 200, 20, 20], 0), (1, 1, [250, 20, 100, 100], 1)]
+    crowd = _coco([{"id": i, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": z}
+                   for i, (im, c, b, z) in enumerate(boxes, 1)])  # image 2 has no box
+    inside_crowd = [{"image_id": 1, "category_id": 1, "bbox": [260, 30, 40, 40], "score": 0.95},
+                    {"image_id": 1, "category_id": 1, "bbox": [12, 8, 150, 118], "score": 0.7},
+                    {"image_id": 2, "category_id": 2, "bbox": [0, 0, 50, 50], "score": 0.9},
+                    {"image_id": 1, "category_id": 2, "bbox": [205, 195, 20, 20], "score": 0.5}]
+    cases = [(data.coco, noisy, data.image_ids), (data.coco, noisy[::3], data.image_ids[:5]), (data.coco, [], None),
+             (crowd, inside_crowd, None)]
+    seen = set()
+    for coco, results, ids in cases:
+        full = coco_box_metrics(coco, results, ids)
+        fast = coco_box_metrics(coco, results, ids, by_size=False)
+        assert fast == {k: full[k] for k in ("AP", "AP50", "AP75")}
+        seen.add(round(fast["AP"], 6))
+    assert len(seen) == 4 and 0 < fast["AP"] < 1  # four different scores, the last one partial
+
+
 def test_background_and_out_of_range_labels_are_dropped():
     # label 0 would be category_ids[-1] (the last class) by negative indexing; K + 1 would not exist
     out = [{"boxes": torch.tensor([[0.0, 0, 10, 10]] * 4), "labels": torch.tensor([0, 1, 3, 4]),
