@@ -73,6 +73,40 @@ def save_search_inputs(det_source: Path, root: Path, supernet_name: str = "super
     return root
 
 
+def evaluate_found_boxes(tmp_path: Path, test_file: Path, monkeypatch, *, primary: str, classifier: dict,
+                         mlflow: dict, experiment: str = "x", batch_size: int = 4) -> tuple[dict, object]:
+    """``run_evaluate`` on a stand-in detector whose detections are the test split's own (non-crowd)
+    boxes, score 1, with ``classifier`` as the retraining's classifier metrics. Returns final.json
+    and the test split's ``DetectionImages``."""
+    import torch
+    from torch import nn
+
+    import detnas.stages.evaluate as evaluate_stage
+    from detnas.evaluate import DetectionImages, detection_results
+    from detnas.space import get_space
+
+    data = DetectionImages.load(test_file)
+    arch = str(get_space("tiny").uniform(0))
+    meta = {"arch": arch, "space": "tiny", "category_ids": data.category_ids}
+    monkeypatch.setattr(evaluate_stage, "detector_from_checkpoint", lambda path, device: (nn.Identity(), meta))
+
+    def found(model, images, *, batch_size, device):
+        outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
+                   for t in images.targets]
+        return detection_results(outputs, images.image_ids, images.category_ids)
+
+    monkeypatch.setattr(evaluate_stage, "detect", found)
+    write_json_atomic({"arch": arch, "fitness": 0.5, "evaluations": 3}, tmp_path / "arch.json")
+    write_json_atomic(classifier, tmp_path / "cls.json")
+    out = tmp_path / "final.json"
+    evaluate_stage.run_evaluate(
+        detector=tmp_path / "detector.pt", test_file=test_file, arch_file=tmp_path / "arch.json",
+        classifier_metrics=tmp_path / "cls.json", out=out, info={"experiment": experiment, "method": "detnas"},
+        primary_metric=primary, batch_size=batch_size, mlflow=mlflow, threads=1, device="cpu",
+    )
+    return json.loads(out.read_text()), data
+
+
 def run_detnas(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300,
                launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """``python -m detnas <args>`` in a subprocess (as the workflow runs it)."""

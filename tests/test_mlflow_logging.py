@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from torch import nn
+from conftest import evaluate_found_boxes
 
 import detnas.stages.evaluate as evaluate_stage
 from detnas.data.coco import prepare_detection
-from detnas.evaluate import COCO_METRICS, DetectionImages, detection_results
+from detnas.evaluate import COCO_METRICS
 from detnas.io import write_json_atomic
-from detnas.space import get_space
 from detnas.stages.compare import run_compare, summarize_finals
 
 
@@ -91,27 +89,8 @@ def test_file(det_source, tmp_path):
 def _evaluate(tmp_path, store, test_file, monkeypatch, *, primary, classifier):
     """run_evaluate on a stand-in detector that finds the test split's boxes; returns final.json and the
     metrics of its MLflow run."""
-    data = DetectionImages.load(test_file)
-    arch = str(get_space("tiny").uniform(0))
-    meta = {"arch": arch, "space": "tiny", "category_ids": data.category_ids}
-    monkeypatch.setattr(evaluate_stage, "detector_from_checkpoint", lambda path, device: (nn.Identity(), meta))
-
-    def found(model, images, *, batch_size, device):
-        outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
-                   for t in images.targets]
-        return detection_results(outputs, images.image_ids, images.category_ids)
-
-    monkeypatch.setattr(evaluate_stage, "detect", found)
-    write_json_atomic({"arch": arch, "fitness": 0.5, "evaluations": 3}, tmp_path / "arch.json")
-    write_json_atomic(classifier, tmp_path / "cls.json")
-    out = tmp_path / "final.json"
-    evaluate_stage.run_evaluate(
-        detector=tmp_path / "detector.pt", test_file=test_file, arch_file=tmp_path / "arch.json",
-        classifier_metrics=tmp_path / "cls.json", out=out, info={"experiment": "x", "method": "detnas"},
-        primary_metric=primary, batch_size=4, mlflow={"experiment": "evaluate", "run_name": "evaluate", **store},
-        threads=1, device="cpu",
-    )
-    final = json.loads(out.read_text())
+    final, _ = evaluate_found_boxes(tmp_path, test_file, monkeypatch, primary=primary, classifier=classifier,
+                                    mlflow={"experiment": "evaluate", "run_name": "evaluate", **store})
     return final, _client(store).get_run(final["mlflow_run_id"]).data.metrics
 
 

@@ -2,6 +2,7 @@
 held-out test set, a VOC-layout export with its own classes; bad boxes dropped or refused."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from workflow import ROOT, make_workdir, planned, snakemake
 MICRO = yaml.safe_load((ROOT / "tests" / "data" / "micro_config.yaml").read_text())
 
 
-def _workdir(tmp_path, datasets: dict) -> "Path":
+def _workdir(tmp_path, datasets: dict) -> Path:
     """The micro config plus one experiment per dataset (named like it), micro settings throughout."""
     config = json.loads(json.dumps(MICRO))
     config["detection_data"].update(datasets)

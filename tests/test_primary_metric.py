@@ -1,18 +1,13 @@
 """The primary metric by its name: the evaluate stage's final.json and MLflow metrics (VOC figures and
 per-class APs), and the report's first metric column."""
 
-import json
-
 import pytest
-import torch
-from torch import nn
+from conftest import evaluate_found_boxes
 
 import detnas.stages.evaluate as evaluate_stage
 from detnas.cli import main
 from detnas.data.coco import prepare_detection
-from detnas.evaluate import DetectionImages, detection_results
 from detnas.io import write_json_atomic
-from detnas.space import get_space
 
 
 @pytest.fixture
@@ -26,27 +21,9 @@ def voc_like_test(det_source, tmp_path):
 
 def _run(tmp_path, test_file, primary, monkeypatch, *, track=True):
     """run_evaluate on a stand-in detector whose detections are the test split's (non-difficult) boxes."""
-    data = DetectionImages.load(test_file)
-    arch = str(get_space("tiny").uniform(0))
-    meta = {"arch": arch, "space": "tiny", "category_ids": data.category_ids}
-    monkeypatch.setattr(evaluate_stage, "detector_from_checkpoint", lambda path, device: (nn.Identity(), meta))
-
-    def perfect(model, images, *, batch_size, device):
-        outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
-                   for t in images.targets]
-        return detection_results(outputs, images.image_ids, images.category_ids)
-
-    monkeypatch.setattr(evaluate_stage, "detect", perfect)
-    write_json_atomic({"arch": arch, "fitness": 0.5, "evaluations": 3}, tmp_path / "arch.json")
-    write_json_atomic({"num_classes": 8, "top1": 0.25}, tmp_path / "cls.json")
-    out = tmp_path / "final.json"
-    evaluate_stage.run_evaluate(
-        detector=tmp_path / "detector.pt", test_file=test_file, arch_file=tmp_path / "arch.json",
-        classifier_metrics=tmp_path / "cls.json", out=out, info={"experiment": "voc_x", "method": "detnas"},
-        primary_metric=primary, batch_size=2, mlflow={"experiment": "voc_x", "run_name": "evaluate", "enabled": track}, threads=1,
-        device="cpu",
-    )
-    return json.loads(out.read_text()), data
+    return evaluate_found_boxes(tmp_path, test_file, monkeypatch, primary=primary, classifier={"num_classes": 8, "top1": 0.25},
+                                mlflow={"experiment": "voc_x", "run_name": "evaluate", "enabled": track},
+                                experiment="voc_x", batch_size=2)
 
 
 def test_voc_primary_writes_voc_figures_and_per_class_aps(tmp_path, voc_like_test, monkeypatch):
