@@ -99,7 +99,8 @@ def main() -> None:
     print(f"candidates scored per minute: {60 / statistics.mean(full):.1f}")
     print(f"scoring time / pure model compute: {ratio:.3f} (median over {len(archs)} candidates; target <= 1.15)")
     print("search images in memory (the tensors' bytes):")
-    _memory(f"{data}/search_val.json", "demo images")
+    # the demo's synthetic PNGs (small, lossless, noisy) compress poorly: shown, not held to the target
+    _memory(f"{data}/search_val.json", "demo images", target=False)
     sys.path.insert(0, str(Path(__file__).parent))
     from split_decode import HEIGHT, WIDTH, _write_images  # the same generated JPEGs as the split benchmark
 
@@ -109,7 +110,7 @@ def main() -> None:
         _memory(Path(tmp) / "prepared.json", f"{WIDTH}x{HEIGHT} JPEGs")
 
 
-def _memory(ann_file: str | Path, what: str) -> None:
+def _memory(ann_file: str | Path, what: str, target: bool = True) -> None:
     """Bytes the images of ``ann_file`` hold in memory kept decoded vs encoded, per 1,000 images."""
     held = {}
     for name, decoded in (("decoded (before)", True), ("encoded (now)", False)):
@@ -119,7 +120,7 @@ def _memory(ann_file: str | Path, what: str) -> None:
     for name, b in held.items():
         print(f"  {what:>15} {name:>16}: {b / 2**20:8.1f} MiB per 1,000 images")
     ratio = held["encoded (now)"] / held["decoded (before)"]
-    print(f"  {what:>15} encoded / decoded: {ratio:.1%} (target <= 25%)")
+    print(f"  {what:>15} encoded / decoded: {ratio:.1%}" + (" (target <= 25%)" if target else " (lossless PNGs)"))
 
 
 if __name__ == "__main__":
