@@ -16,7 +16,6 @@ On a CPU the defaults shrink (batches 16 and 1, 3 steps) so the run takes a few 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -31,10 +30,11 @@ from torch.utils.data import DataLoader
 from detnas.data.classification import ClassificationDataset, train_augmentation
 from detnas.detectors import DetectorSettings, build_detector
 from detnas.engine import uniform_path
+from detnas.precision import Precision
 from detnas.space import get_space
 from detnas.supernet import Supernet, set_path
 
-FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 def _device_name(device: torch.device) -> str:
@@ -49,10 +49,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def _precision(device: torch.device, precision: str, memory_format: str) -> Precision:
+    """A row's ``Precision``, as a stage with ``amp: off|bf16`` and ``channels_last`` runs it."""
+    return Precision.resolve({"fp32": "off", "bf16": "bf16"}[precision], memory_format == "channels_last", device)
 
 
 def _timed(step: Callable[[int], None], *, warmup: int, steps: int, device: torch.device) -> float:
@@ -71,15 +70,16 @@ def pretrain_rate(device: torch.device, precision: str, memory_format: str, *, b
                   warmup: int = 3) -> float:
     """Images/s of supernet pre-training steps (forward, backward, SGD) on random 224 px batches."""
     space = get_space("small")
-    model = Supernet(space, num_classes=1000).to(device, memory_format=FORMATS[memory_format])
+    p = _precision(device, precision, memory_format)
+    model = p.prepare(Supernet(space, num_classes=1000).to(device))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
-    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=FORMATS[memory_format])
+    x = p.images(torch.randn(batch, 3, 224, 224, device=device))
     y = torch.randint(0, 1000, (batch,), device=device)
     loss_fn = nn.CrossEntropyLoss()
 
     def step(i: int) -> None:
         set_path(model, uniform_path(space, 0, i))
-        with _autocast(device, precision):
+        with p.autocast():
             loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,8 +93,9 @@ def finetune_rate(device: torch.device, precision: str, memory_format: str, *, b
     """Images/s of detection fine-tuning steps of the supernet (Faster R-CNN + FPN, the paper's
     detector sizes) on random 800x1067 images with 5 boxes each."""
     space = get_space("small")
+    p = _precision(device, precision, memory_format)
     model = build_detector(Supernet(space), num_classes=80, settings=DetectorSettings())
-    model = model.to(device, memory_format=FORMATS[memory_format]).train()
+    model = p.prepare(model.to(device)).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 800, 1067, generator=g).to(device) for _ in range(batch)]
@@ -104,7 +105,7 @@ def finetune_rate(device: torch.device, precision: str, memory_format: str, *, b
 
     def step(i: int) -> None:
         set_path(model, uniform_path(space, 0, i))
-        with _autocast(device, precision):
+        with p.autocast():
             loss = sum(model(images, targets).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,7 +159,7 @@ def main() -> None:
                              ("detection fine-tuning (800 px)", finetune_rate, det_batch)):
         base = None
         for precision in ("fp32", "bf16"):
-            for fmt in FORMATS:
+            for fmt in MEMORY_FORMATS:
                 if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
                     print(f"{stage:<34} {precision:<9} {fmt:<14} {'n/a':>9}")
                     continue
