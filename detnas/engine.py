@@ -364,7 +364,7 @@ def _read_losses(pending: list[tuple[int, float, Tensor]], names: list[str],
     rows[:, 0] = dist.sum_over_ranks(rows[:, 0].contiguous())
     out = []
     for (step, lr, _), (total, *named) in zip(pending, rows.tolist()):  # the transfer: the host waits here
-        loss = total / dist.world_size if dist.enabled else total
+        loss = total / dist.world_size  # 1 when single-process
         if not np.isfinite(loss):
             terms = f" ({dict(zip(names, named))})" if names else ""
             raise FloatingPointError(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_json, run_detnas
+from conftest import TINY_DETECTOR, as_json, run_detnas
 from torch import nn
 
 from detnas.checkpoint import Checkpointer
@@ -49,10 +49,8 @@ CLS = {"space": "tiny", "image_size": 32, "batch_size": 8, "seed": 0, "checkpoin
        "schedule": {"iterations": 4, "lr": 0.01, "policy": "linear", "weight_decay": 4e-5}}
 # proposals and sampled RoIs cut to the demo's sizes: 64 px images hold few objects, and 2000 x 512
 # would be most of each step's time
-DETECTOR = {"min_size": 64, "max_size": 64, "fpn_channels": 16, "head_conv_channels": 16, "head_fc_channels": 32,
-            "anchor_sizes": [8, 16, 32, 48, 64], "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
-            "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64, "rpn_pre_nms_top_n_test": 100,
-            "rpn_post_nms_top_n_test": 50}
+DETECTOR = {**TINY_DETECTOR, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
+            "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64}
 DET = {"space": "tiny", "detector": DETECTOR, "batch_size": 4, "seed": 0, "checkpoint_every": 1000, "log_every": 1,
        "schedule": {"iterations": 4, "lr": 0.02, "policy": "step", "weight_decay": 1e-4}}
 TRAINED = {**DET, **FLOAT32, "log_every": 20, "schedule": {**DET["schedule"], "iterations": 120, "lr": 0.04}}
