@@ -28,7 +28,7 @@ import yaml
 from detnas.data.coco import prepare_detection
 from detnas.evaluate import DetectionImages
 from detnas.io import write_json_atomic
-from detnas.stages.finetune import detector_from_checkpoint
+from detnas.detectors import detector_from_checkpoint
 from detnas.space import get_space
 from detnas.scoring import DetectionScorer
 from detnas.supernet import set_path

@@ -18,7 +18,8 @@ import yaml
 
 from detnas.detectors import DetectorSettings, build_detector
 from detnas.evaluate import DetectionImages
-from detnas.stages.finetune import detector_from_checkpoint, load_classification_weights
+from detnas.detectors import detector_from_checkpoint
+from detnas.stages.finetune import load_classification_weights
 from detnas.scoring import DetectionScorer
 from detnas.space import get_space
 from detnas.supernet import Supernet

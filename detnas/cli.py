@@ -15,56 +15,10 @@ __all__ = ["main"]
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from .archs import PUBLISHED, SCALED_BASELINES, get_published, scaled_shufflenetv2
-    from .flops import cost_table, match_width
-    from .space import get_space, split_space_name
+    from .stages.arch_files import flops_table
 
-    rows = []
-    if args.arch is not None or args.scale_to is not None:
-        space = get_space(args.space)
-        arch = space.parse(args.arch) if args.arch is not None else space.uniform(0)
-        label = "(given)" if args.arch is not None else "shufflenetv2"
-        rows.append((label, space, arch))
-        if args.scale_to is not None:
-            match = match_width(space, arch, args.scale_to * 1e6)
-            rows.append((f"{label} @{args.scale_to:g}M", match.space, match.arch))
-    else:
-        for name in args.name or [*PUBLISHED, *SCALED_BASELINES]:
-            if name in SCALED_BASELINES:
-                entry = SCALED_BASELINES[name]
-                match = scaled_shufflenetv2(entry.space, entry.mflops)
-                rows.append((name, match.space, match.arch))
-            elif name in PUBLISHED:
-                rows.append((name, *get_published(name)))
-            else:
-                raise ValueError(f"unknown architecture name {name!r}; known: {', '.join([*PUBLISHED, *SCALED_BASELINES])}")
-    print(f"{'name':<22} {'space':<18} {'width':>6} {'architecture':<41} {'MACs (M)':>9} {'backbone params (M)':>20} "
-          f"{'cls params (M)':>15}")
-    for name, space, arch in rows:
-        table = cost_table(space, args.input_size)
-        print(
-            f"{name:<22} {space.name:<18} {split_space_name(space.name)[1]:6.4f} {str(arch):<41} "
-            f"{table.backbone_macs(arch) / 1e6:9.1f} {table.backbone_params(arch) / 1e6:20.2f} "
-            f"{table.classifier_params(arch) / 1e6:15.2f}"
-        )
-    if args.arch is None and args.scale_to is None and not args.name:
-        import numpy as np
-
-        print()
-        for name, entry in SCALED_BASELINES.items():
-            print(f"{name}: {entry.description}: every channel count of space {entry.space!r} times "
-                  f"{scaled_shufflenetv2(entry.space, entry.mflops).factor:.4f}")
-        rng = np.random.default_rng(0)
-        for space_name in ("small", "large", "large_x1.8"):
-            space = get_space(space_name)
-            table = cost_table(space, args.input_size)
-            lo, hi = table.bounds()
-            macs = [table.backbone_macs(space.sample(rng)) / 1e6 for _ in range(10_000)]
-            p1, p99 = np.percentile(macs, [1, 99])
-            print(
-                f"space {space_name}: extremes {lo / 1e6:.1f}-{hi / 1e6:.1f} M MACs; "
-                f"98% of uniformly sampled architectures in {p1:.1f}-{p99:.1f} M"
-            )
+    print("\n".join(flops_table(space=args.space, arch=args.arch, scale_to=args.scale_to, names=args.name,
+                                input_size=args.input_size)))
     return 0
 
 
@@ -161,26 +115,9 @@ def _arch_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _arch(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
-    """The architecture of --arch / --arch-file, and the stage's settings for it. An arch file's
-    ``space`` (e.g. the width-scaled "small@w1.0703" of a FLOPs-matched baseline) replaces the
-    settings' space, which must be it or its preset: the file is what was chosen, the config only
-    names the preset."""
-    if getattr(args, "arch_file", None) is None:
-        return args.arch, args.settings
-    from .io import read_json
-    from .space import space_of_arch
+    from .stages.arch_files import arch_and_settings
 
-    data = read_json(args.arch_file)
-    if "arch" not in data:
-        raise ValueError(f"{args.arch_file}: no 'arch' key")
-    settings = args.settings
-    if "space" in data and isinstance(settings, dict):
-        try:
-            space = space_of_arch(str(data["space"]), settings.get("space"))
-        except ValueError as exc:
-            raise ValueError(f"{args.arch_file}: {exc}") from None
-        settings = {**settings, "space": space.name}
-    return str(data["arch"]), settings
+    return arch_and_settings(args.arch, getattr(args, "arch_file", None), args.settings)
 
 
 def _synthesize(args: argparse.Namespace) -> int:
@@ -317,32 +254,11 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_search)
 
 
-def _unsearched_arch(table: Any, space: Any, arch: Any, method: str, **extra: Any) -> dict[str, Any]:
-    """An arch.json record, as a search writes it, for an architecture that was not searched for."""
-    return {"method": method, "arch": str(arch), "space": space.name, **extra, "fitness": None,
-            "mflops": table.backbone_macs(arch) / 1e6, "backbone_params_m": table.backbone_params(arch) / 1e6,
-            "evaluations": 0}
-
-
 def _fixed_arch(args: argparse.Namespace) -> int:
-    from .flops import cost_table, match_width
-    from .io import write_json_atomic
-    from .space import get_space, split_space_name
+    from .stages.arch_files import run_fixed_arch
 
-    space = get_space(args.space)
-    arch = space.uniform(args.uniform) if args.arch is None else space.parse(args.arch)
-    if args.scale_to is not None:
-        match = match_width(space, arch, args.scale_to * 1e6)  # within 2% of the budget, or ValueError
-        space, arch = match.space, match.arch
-    table = cost_table(space)
-    base, factor = split_space_name(space.name)
-    result = _unsearched_arch(table, space, arch, args.method, base_space=base, width_factor=factor,
-                              scaled_to_mflops=args.scale_to)
-    write_json_atomic(result, args.out)
-    width = f", every channel of {base!r} x{factor:.4f}" if factor != 1.0 else ""
-    print(f"{args.method}: {arch} of space {space.name} ({result['mflops']:.1f} MFLOPs{width}), no search")
-    if args.scale_to is not None:
-        print(f"scaled to {args.scale_to:g} MFLOPs: {result['mflops'] / args.scale_to - 1:+.2%}")
+    run_fixed_arch(space=args.space, arch=args.arch, uniform=args.uniform, scale_to=args.scale_to,
+                   method=args.method, out=args.out)
     return 0
 
 
@@ -493,21 +409,10 @@ def _add_search_curves(sub: argparse._SubParsersAction) -> None:
 
 
 def _random_arch(args: argparse.Namespace) -> int:
-    from .flops import cost_table
-    from .io import write_json_atomic
-    from .search import random_architectures
-    from .space import get_space
+    from .stages.arch_files import run_random_arch
 
-    space = get_space(args.space)
-    table = cost_table(space)
-    if not 1 <= args.index <= args.count:
-        raise ValueError(f"--index must be in 1..{args.count}, got {args.index}")
-    feasible = table.within(args.min_mflops, args.max_mflops)
-    arch = random_architectures(space, args.count, feasible, args.seed)[args.index - 1]
-    result = _unsearched_arch(table, space, arch, f"random_arch_{args.index}",
-                              random_archs={"index": args.index, "count": args.count, "seed": args.seed})
-    write_json_atomic(result, args.out)
-    print(f"random architecture {args.index} of {args.count} (seed {args.seed}): {arch} ({result['mflops']:.1f} MFLOPs)")
+    run_random_arch(space=args.space, index=args.index, count=args.count, seed=args.seed,
+                    min_mflops=args.min_mflops, max_mflops=args.max_mflops, out=args.out)
     return 0
 
 
@@ -568,73 +473,10 @@ def _add_plot_archs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_plot_archs)
 
 
-def _primary_metric(df: Any, root: Path, table: Path) -> str:
-    """The experiment's primary metric: comparison.csv's ``primary_metric`` column, else the DetNAS
-    final.json's field (tables written before the column existed), else COCO's AP."""
-    if "primary_metric" in df:
-        names = sorted(set(df["primary_metric"].dropna()))
-        if len(names) > 1:
-            raise ValueError(f"{table}: the methods have different primary metrics {names}; evaluate them again")
-        if names:
-            return str(names[0])
-    final = root / "final.json"
-    if final.is_file():
-        return str(json.loads(final.read_text()).get("primary_metric") or "AP")
-    return "AP"
-
-
 def _report(args: argparse.Namespace) -> int:
-    import yaml
+    from .stages.report import run_report
 
-    from .tracking import default_tracking_uri
-
-    experiment = args.experiment
-    if experiment is None:
-        with open(args.config) as f:
-            experiment = yaml.safe_load(f).get("demo_experiment", "shapes_fpn")
-    root = args.results / experiment
-    table = root / "comparison.csv"
-    if not table.is_file():
-        raise ValueError(f"{table}: not found; run the workflow first (make demo, or snakemake {table})")
-    import pandas as pd
-
-    from .formatting import fmt_number
-    from .stages.compare import fmt_cell
-
-    df = pd.read_csv(table, dtype={"arch": str})
-    primary = _primary_metric(df, root, table)
-    # the primary metric first, by its name; then the COCOeval figures (and the other VOC one) it is not
-    values = df[primary] if primary in df else pd.Series(float("nan"), index=df.index)
-    if "primary_value" in df:  # a row without it (e.g. a summary row) falls back to the named column
-        values = df["primary_value"].fillna(values)
-    extra = [c for c in ("mAP50_voc07", "mAP50_voc12", "AP", "AP50", "APs", "APm", "APl") if c in df and c != primary]
-    shown = pd.concat([df[["method", "arch", "mflops"]], pd.DataFrame({primary: values}, index=df.index),
-                       df[[*extra, "top1"]]], axis=1)
-    print(f"\n{experiment}: test-split metrics of the retrained architectures (primary: {primary}), backbone MFLOPs "
-          f"at 224x224, classification top-1\n")
-    shown = shown.astype(object)
-    for col in shown.columns[2:]:  # the random architectures' row: mean +- std
-        std = df.get("primary_value_std" if col == primary else f"{col}_std")
-        for i in [] if std is None else df.index[std.notna()]:
-            shown.loc[i, col] = f"{fmt_number(shown.loc[i, col])} +- {fmt_number(std[i])}"
-    print(shown.map(fmt_cell).to_string(index=False))
-    ranking = root / "ranking.json"
-    if ranking.is_file():  # does the supernet rank architectures as standalone training does?
-        from .io import read_json
-        from .stages.ranking import summary_lines
-
-        r = read_json(ranking)
-        print(f"\nsupernet fitness vs test {r['metric']} of the retrained architectures (90% bootstrap intervals):")
-        for line in summary_lines(r):
-            print(f"  {line}")
-    report = args.results / "report.html"
-    print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png, "
-          f"search_curves.png, ranking.json/.png, architectures.png)")
-    if report.is_file():
-        print(f"report:      {report.resolve()}")
-    print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
-    print(f"logs:        {args.results.resolve()}/logs/")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {default_tracking_uri(args.results)}")
+    run_report(experiment=args.experiment, config=args.config, results=args.results)
     return 0
 
 

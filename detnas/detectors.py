@@ -17,8 +17,10 @@ in float32 while the convolutions run in bf16/fp16.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -29,11 +31,13 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .io import load_checkpoint
 from .precision import float32_outputs
 from .settings import known_keys
-from .supernet import _Skeleton
+from .space import Arch, SearchSpace, get_space
+from .supernet import SinglePathNet, Supernet, _Skeleton
 
-__all__ = ["DETECTORS", "DetectorSettings", "build_detector"]
+__all__ = ["DETECTORS", "DetectorSettings", "backbone_body", "build_detector", "detector_from_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -176,3 +180,21 @@ def build_detector(body: _Skeleton, *, num_classes: int, settings: DetectorSetti
     for module in (model.backbone, *heads):
         module.register_forward_hook(float32_outputs)
     return model
+
+
+def backbone_body(space: SearchSpace, arch: Arch | None) -> _Skeleton:
+    """The detection backbone: the supernet of ``space`` (``arch`` None) or that architecture alone."""
+    return Supernet(space) if arch is None else SinglePathNet(space, arch)
+
+
+def detector_from_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A detector saved by ``run_finetune`` (supernet or standalone), on ``device``, and its metadata."""
+    ckpt = load_checkpoint(path, map_location=device)
+    if ckpt.get("kind") != "detector":
+        raise ValueError(f"{path}: not a detector checkpoint (kind {ckpt.get('kind')!r})")
+    space = get_space(ckpt["space"])
+    arch = space.parse(ckpt["arch"]) if ckpt["arch"] else None
+    model = build_detector(backbone_body(space, arch), num_classes=ckpt["num_classes"],
+                           settings=DetectorSettings.from_dict(ckpt["detector"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device), ckpt

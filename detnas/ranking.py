@@ -1,21 +1,25 @@
 """Rank correlation between two scores of the same architectures, with a bootstrap interval.
 
 Used to ask whether a supernet orders architectures as standalone retraining does: one score is the
-supernet's fitness of a path, the other the retrained network's test metric. Pure numpy, O(n^2) per
-statistic: n is the handful to a few dozen architectures an experiment retrains.
+supernet's fitness of a path, the other the retrained network's test metric. The statistics are
+scipy's (``kendalltau`` tau-b, ``spearmanr``, ``bootstrap``); this module adds what a handful of
+architectures needs on top: a null with a reason where a rank correlation is undefined, and an
+interval that leaves out the resamples in which one side is constant.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.stats
 
 __all__ = ["Correlation", "average_ranks", "bootstrap_ci", "correlate", "kendall_tau_b", "spearman_rho"]
 
-BOOTSTRAP_METHOD = ("percentile bootstrap over resampled (x, y) pairs, drawn with replacement; a resample in "
-                    "which either side is constant has no rank correlation and is skipped")
+BOOTSTRAP_METHOD = ("percentile bootstrap over resampled (x, y) pairs, drawn with replacement (scipy.stats.bootstrap, "
+                    "paired); a resample in which either side is constant has no rank correlation and is skipped")
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -25,43 +29,30 @@ def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return a, b
 
 
+def _varies(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(a) > 1 and np.ptp(a) > 0 and np.ptp(b) > 0
+
+
 def average_ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n of ``values``; tied values share the mean of the ranks they span ([5, 1, 5] -> [2.5, 1, 2.5])."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v))
-    ranks[order] = np.arange(1, len(v) + 1)
-    sorted_v = v[order]
-    # runs of equal values in sorted order: every member gets the run's mean rank
-    starts = np.flatnonzero(np.r_[True, sorted_v[1:] != sorted_v[:-1]])
-    ends = np.r_[starts[1:], len(v)]
-    for s, e in zip(starts, ends):
-        if e - s > 1:
-            ranks[order[s:e]] = (s + 1 + e) / 2
-    return ranks
+    return scipy.stats.rankdata(np.asarray(values, dtype=float), method="average")
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b: (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y).
-
-    A pair tied in x or in y counts as neither concordant nor discordant, and the denominator leaves
-    out the ties of each side, so tau-b reaches +-1 for a monotone relation even with ties. NaN when
-    a side is constant.
-    """
+    """Kendall's tau-b: (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y), so it
+    reaches +-1 for a monotone relation even with ties. NaN when a side is constant."""
     a, b = _pair(x, y)
-    sx = np.sign(a[:, None] - a[None, :])  # (n, n): each unordered pair appears twice, which cancels
-    sy = np.sign(b[:, None] - b[None, :])
-    denominator = np.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-    return float((sx * sy).sum() / denominator) if denominator > 0 else float("nan")
+    return float(scipy.stats.kendalltau(a, b, variant="b").statistic) if _varies(a, b) else float("nan")
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho: Pearson's correlation of the average ranks. NaN when a side is constant."""
     a, b = _pair(x, y)
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+    return float(scipy.stats.spearmanr(a, b).statistic) if _varies(a, b) else float("nan")
+
+
+def _both(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.array([kendall_tau_b(x, y), spearman_rho(x, y)])
 
 
 def bootstrap_ci(x: Sequence[float], y: Sequence[float], *, samples: int = 2000, seed: int = 0,
@@ -72,21 +63,18 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], *, samples: int = 2000,
     the intervals are None when no resample had both sides varying.
     """
     a, b = _pair(x, y)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(a), size=(samples, len(a)))  # drawn at once: the same seed, the same resamples
-    taus, rhos = [], []
-    for i in index:
-        xa, yb = a[i], b[i]
-        if np.ptp(xa) == 0 or np.ptp(yb) == 0:
-            continue
-        taus.append(kendall_tau_b(xa, yb))
-        rhos.append(spearman_rho(xa, yb))
+    with warnings.catch_warnings():  # scipy's own interval is NaN where a resample is constant: ours skips them
+        warnings.simplefilter("ignore")
+        result = scipy.stats.bootstrap((a, b), _both, paired=True, vectorized=False, n_resamples=samples,
+                                       method="percentile", confidence_level=level, rng=np.random.default_rng(seed))
+    taus, rhos = result.bootstrap_distribution  # (2, samples); NaN where a side of the resample is constant
+    kept = ~np.isnan(taus)
     tail = 100 * (1 - level) / 2
 
-    def interval(values: list[float]) -> list[float] | None:
-        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if values else None
+    def interval(values: np.ndarray) -> list[float] | None:
+        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if len(values) else None
 
-    return {"kendall_tau": interval(taus), "spearman_rho": interval(rhos), "used": len(taus)}
+    return {"kendall_tau": interval(taus[kept]), "spearman_rho": interval(rhos[kept]), "used": int(kept.sum())}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.classification import ClassificationDataset, classification_transforms, normalize_images
+from .detectors import detector_from_checkpoint
 from .engine import recalibrate_bn
 from .evaluate import DetectionImages, evaluate_detector
 from .io import load_checkpoint, read_json
@@ -120,8 +121,6 @@ def detection_scorer(supernet_file: Path, val_file: Path, recal_file: Path, *, e
                      precision: Precision = Precision()) -> DetectionScorer:
     """The scorer of DetNAS and random search: ``supernet_file`` a fine-tuned detection supernet,
     ``val_file`` the search-validation annotations, ``recal_file`` the supernet's training annotations."""
-    from .stages.finetune import detector_from_checkpoint  # the detector's rebuild from its checkpoint
-
     model, meta = detector_from_checkpoint(supernet_file, device)
     val = DetectionImages.load(val_file, limit=eval_images, seed=seed)
     recal = DetectionImages.load(recal_file, limit=recalibration_images, seed=seed, with_objects=True)

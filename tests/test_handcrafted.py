@@ -14,7 +14,8 @@ from detnas.cli import _arch, main
 from detnas.detectors import DetectorSettings, build_detector
 from detnas.io import save_checkpoint
 from detnas.space import get_space
-from detnas.stages.finetune import _body, detector_from_checkpoint, load_classification_weights
+from detnas.detectors import backbone_body, detector_from_checkpoint
+from detnas.stages.finetune import load_classification_weights
 
 
 def _fixed_arch(tmp_path, *extra):
@@ -73,7 +74,7 @@ def test_retraining_builds_the_scaled_network(cls_split, tmp_path):
 
     # run_finetune's body for the same settings and arch file, initialised from the classifier
     space = get_space(ckpt["space"])
-    body = _body(space, space.parse(chosen["arch"]))
+    body = backbone_body(space, space.parse(chosen["arch"]))
     load_classification_weights(body, out / "classifier.pt")
     detector = {"name": "faster_rcnn_fpn", "min_size": 64, "max_size": 64, "fpn_channels": 16}
     model = build_detector(body, num_classes=3, settings=DetectorSettings.from_dict(detector))
@@ -86,9 +87,9 @@ def test_retraining_builds_the_scaled_network(cls_split, tmp_path):
     plain = tmp_path / "plain.pt"
     tiny = get_space("tiny")
     save_checkpoint({"kind": "single_path", "space": "tiny", "arch": "00000000",
-                     "state_dict": _body(tiny, tiny.uniform(0)).state_dict()}, plain)
+                     "state_dict": backbone_body(tiny, tiny.uniform(0)).state_dict()}, plain)
     with pytest.raises(ValueError, match="plain.pt: checkpoint of space 'tiny' .*this backbone is of space 'tiny@w1.0937'"):
-        load_classification_weights(_body(space, space.uniform(0)), plain)
+        load_classification_weights(backbone_body(space, space.uniform(0)), plain)
 
 
 def test_workflow_plans_both_handcrafted_baselines(tmp_path):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..detectors import detector_from_checkpoint
 from ..distributed import init_distributed, set_threads
 from ..evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detect
 from ..flops import cost_table
@@ -17,7 +18,6 @@ from ..precision import Precision
 from ..space import get_space, split_space_name
 from ..tracking import StageRun
 from ..voc_eval import VOC_METRICS, voc_ap
-from .finetune import detector_from_checkpoint
 
 __all__ = ["PRIMARY_METRICS", "run_evaluate"]
 

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data.coco import DetectionDataset, collate_detection
 from ..data.grouping import aspect_ratio_groups
-from ..detectors import DetectorSettings, build_detector
+from ..detectors import DetectorSettings, backbone_body, build_detector
 from ..distributed import init_distributed, set_threads
 from ..checkpoint import Checkpointer
 from ..engine import (
@@ -29,11 +28,11 @@ from ..io import load_checkpoint, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
 from ..precision import Precision
 from ..settings import known_keys
-from ..space import Arch, SearchSpace, get_space
-from ..supernet import SinglePathNet, Supernet, _Skeleton
+from ..space import get_space
+from ..supernet import _Skeleton
 from ..tracking import StageRun
 
-__all__ = ["DetectionSettings", "detector_from_checkpoint", "load_classification_weights", "run_finetune"]
+__all__ = ["DetectionSettings", "load_classification_weights", "run_finetune"]
 
 _HEAD_PREFIXES = ("conv_last.", "classifier.")
 
@@ -63,10 +62,6 @@ class DetectionSettings:
         return cls(**d)
 
 
-def _body(space: SearchSpace, arch: Arch | None) -> _Skeleton:
-    return Supernet(space) if arch is None else SinglePathNet(space, arch)
-
-
 def load_classification_weights(body: _Skeleton, path: Path) -> dict[str, Any]:
     """Copy a classification checkpoint's backbone (stem + stages) into ``body``; the classifier head
     is left out. ValueError names the file when the checkpoint does not match the backbone."""
@@ -86,19 +81,6 @@ def load_classification_weights(body: _Skeleton, path: Path) -> dict[str, Any]:
             f"match this backbone: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     return ckpt
-
-
-def detector_from_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """A detector saved by ``run_finetune`` (supernet or standalone), on ``device``, and its metadata."""
-    ckpt = load_checkpoint(path, map_location=device)
-    if ckpt.get("kind") != "detector":
-        raise ValueError(f"{path}: not a detector checkpoint (kind {ckpt.get('kind')!r})")
-    space = get_space(ckpt["space"])
-    arch = space.parse(ckpt["arch"]) if ckpt["arch"] else None
-    model = build_detector(_body(space, arch), num_classes=ckpt["num_classes"],
-                           settings=DetectorSettings.from_dict(ckpt["detector"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device), ckpt
 
 
 def run_finetune(
@@ -126,7 +108,7 @@ def run_finetune(
     torch.manual_seed(cfg.seed)
 
     dataset = DetectionDataset(train_file, train=True)
-    body = _body(space, fixed)
+    body = backbone_body(space, fixed)
     if init is not None:
         load_classification_weights(body, init)
     model = build_detector(body, num_classes=dataset.num_classes, settings=cfg.detector).to(dist.device)

@@ -1,0 +1,79 @@
+"""The ``report`` command: an experiment's comparison as text, its ranking quality, and where its
+results, logs and MLflow store are. ``make report`` (and so ``make demo``) ends with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ..formatting import fmt_number
+from ..io import read_json
+from ..tracking import default_tracking_uri
+from .compare import fmt_cell
+from .ranking import summary_lines
+
+__all__ = ["comparison_text", "primary_metric", "run_report"]
+
+
+def primary_metric(df: pd.DataFrame, root: Path, table: Path) -> str:
+    """The experiment's primary metric: comparison.csv's ``primary_metric`` column, else the DetNAS
+    final.json's field (tables written before the column existed), else COCO's AP."""
+    if "primary_metric" in df:
+        names = sorted(set(df["primary_metric"].dropna()))
+        if len(names) > 1:
+            raise ValueError(f"{table}: the methods have different primary metrics {names}; evaluate them again")
+        if names:
+            return str(names[0])
+    final = root / "final.json"
+    if final.is_file():
+        return str(read_json(final).get("primary_metric") or "AP")
+    return "AP"
+
+
+def comparison_text(df: pd.DataFrame, primary: str) -> str:
+    """comparison.csv as a text table: the primary metric first, by its name, then the COCOeval
+    figures (and the other VOC one) it is not; the random architectures' row as mean +- std."""
+    values = df[primary] if primary in df else pd.Series(float("nan"), index=df.index)
+    if "primary_value" in df:  # a row without it (e.g. a summary row) falls back to the named column
+        values = df["primary_value"].fillna(values)
+    extra = [c for c in ("mAP50_voc07", "mAP50_voc12", "AP", "AP50", "APs", "APm", "APl") if c in df and c != primary]
+    shown = pd.concat([df[["method", "arch", "mflops"]], pd.DataFrame({primary: values}, index=df.index),
+                       df[[*extra, "top1"]]], axis=1).astype(object)
+    for col in shown.columns[2:]:
+        std = df.get("primary_value_std" if col == primary else f"{col}_std")
+        for i in [] if std is None else df.index[std.notna()]:
+            shown.loc[i, col] = f"{fmt_number(shown.loc[i, col])} +- {fmt_number(std[i])}"
+    return shown.map(fmt_cell).to_string(index=False)
+
+
+def run_report(*, experiment: str | None, config: Path, results: Path) -> None:
+    """Print ``experiment``'s comparison (default: the config's ``demo_experiment``) from ``results``."""
+    if experiment is None:
+        with open(config) as f:
+            experiment = (yaml.safe_load(f) or {}).get("demo_experiment", "shapes_fpn")
+    root = results / experiment
+    table = root / "comparison.csv"
+    if not table.is_file():
+        raise ValueError(f"{table}: not found; run the workflow first (make demo, or snakemake {table})")
+    df = pd.read_csv(table, dtype={"arch": str})
+    primary = primary_metric(df, root, table)
+    print(f"\n{experiment}: test-split metrics of the retrained architectures (primary: {primary}), backbone MFLOPs "
+          f"at 224x224, classification top-1\n")
+    print(comparison_text(df, primary))
+    ranking = root / "ranking.json"
+    if ranking.is_file():  # does the supernet rank architectures as standalone training does?
+        r: dict[str, Any] = read_json(ranking)
+        print(f"\nsupernet fitness vs test {r['metric']} of the retrained architectures (90% bootstrap intervals):")
+        for line in summary_lines(r):
+            print(f"  {line}")
+    report = results / "report.html"
+    print(f"\nresults:     {root.resolve()}/ (final.json per method, comparison.csv, comparison.png, "
+          f"search_curves.png, ranking.json/.png, architectures.png)")
+    if report.is_file():
+        print(f"report:      {report.resolve()}")
+    print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
+    print(f"logs:        {results.resolve()}/logs/")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {default_tracking_uri(results)}")
