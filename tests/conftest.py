@@ -23,6 +23,16 @@ def _isolated_mlflow(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """The micro workflow (tests/data/micro_config.yaml), every target, run once per test session.
+    Tests that only read its outputs share this folder and must not change it; a test that edits
+    the config, deletes outputs or reruns jobs works on ``workflow.clone_workdir(micro_run, ...)``."""
+    from workflow import run_micro
+
+    return run_micro(tmp_path_factory.mktemp("micro") / "wd")
+
+
+@pytest.fixture(scope="session")
 def cls_split(tmp_path_factory) -> Path:
     """An 8-class 32 px ImageFolder dataset (12 train + 4 val per class) and its split.json."""
     from detnas.data.classification import scan_image_folder, split_classification

@@ -36,13 +36,20 @@ def _voc(tmp_path, **more):
             "test": {"holdout": 0.25, "seed": 0}, "classes": "auto", "split": {"size": 0.25, "seed": 0}, **more}
 
 
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory) -> Path:
+    """Both exports as two experiments of one workflow, run once to their final.json (side by side)."""
+    tmp = tmp_path_factory.mktemp("own")
+    wd = _workdir(tmp, {"own_coco": _coco(tmp / "coco"), "own_voc": _voc(tmp / "voc")})
+    snakemake(wd, "--cores", "2", "results/own_coco/final.json", "results/own_voc/final.json")
+    return wd
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["coco", "voc"])
-def test_own_dataset_end_to_end(tmp_path, layout):
+def test_own_dataset_end_to_end(own_run, layout):
     name = f"own_{layout}"
-    entry = _coco(tmp_path) if layout == "coco" else _voc(tmp_path)
-    wd = _workdir(tmp_path, {name: entry})
-    snakemake(wd, "--cores", "2", f"results/{name}/final.json")
+    wd = own_run
     final = json.loads((wd / f"results/{name}/final.json").read_text())
     classes = ["crate", "forklift", "person"] if layout == "coco" else ["bin", "cart", "pedestrian"]
     assert final["classes"] == classes and final["test_images"] == 4 and 0.0 <= final["AP"] <= 1.0

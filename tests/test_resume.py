@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from workflow import edit_config, make_workdir, planned, snakemake
+from workflow import clone_workdir, edit_config, make_workdir, planned, snakemake
 
 SEARCH = "results/shapes_fpn/detnas/search/history.csv"
 CKPT = "results/shapes_fpn/detnas/search/checkpoints"
@@ -23,9 +23,9 @@ def _log(wd):
 
 
 @pytest.mark.slow
-def test_search_state_is_not_reused_for_another_supernet(tmp_path):
-    wd = make_workdir(tmp_path)
-    snakemake(wd, "--cores", "2", SEARCH)
+def test_search_state_is_not_reused_for_another_supernet(micro_run, tmp_path):
+    wd = clone_workdir(micro_run, tmp_path / "wd")  # the micro run's search has run there
+    assert planned(wd, SEARCH) == {}
     first = _scores(wd)
     assert (wd / CKPT / "scores.jsonl").is_file()  # kept: a later rerun with the same inputs may resume
 
@@ -55,10 +55,9 @@ def test_search_state_is_not_reused_for_another_supernet(tmp_path):
 
 
 @pytest.mark.slow
-def test_unchanged_inputs_resume_the_search(tmp_path):
+def test_unchanged_inputs_resume_the_search(micro_run, tmp_path):
     """A rerun of the same search (e.g. after a kill) resumes: nothing is scored twice."""
-    wd = make_workdir(tmp_path)
-    snakemake(wd, "--cores", "2", SEARCH)
+    wd = clone_workdir(micro_run, tmp_path / "wd")  # the micro run's search has run there
     first = (wd / SEARCH).read_text()
     (wd / SEARCH).unlink()  # as if the job had died before writing its outputs
     snakemake(wd, "--cores", "2", SEARCH)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from report_checks import assert_report
-from workflow import ROOT, edit_config, make_workdir, planned, snakemake
+from workflow import ROOT, clone_workdir, edit_config, make_workdir, planned, snakemake
 
 
 def test_dry_run_plans_every_experiment(tmp_path):
@@ -59,10 +59,9 @@ def test_schema_rejects_unknown_keys(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_target_runs_and_reruns_only_what_changed(tmp_path):
-    wd = make_workdir(tmp_path)
+def test_pretrain_target_runs_and_reruns_only_what_changed(micro_run, tmp_path):
+    wd = clone_workdir(micro_run, tmp_path / "wd")
     target = "results/pretrain/micro/supernet.pt"
-    snakemake(wd, "--cores", "2", target, "results/data/detection/shapes/search_val.json")
     metrics = json.loads((wd / "results/pretrain/micro/metrics.json").read_text())
     assert metrics["history"][-1]["step"] == 10
     split = json.loads((wd / "results/data/detection/shapes/split_metrics.json").read_text())
@@ -83,18 +82,17 @@ METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2"]
 RANDOM_ARCHS = ["random_arch_1", "random_arch_2"]  # the micro config's random_archs: {count: 2}
 
 
-@pytest.mark.slow
-def test_end_to_end_dag_all_methods(tmp_path):
-    """The real DAG on the micro configuration: every method and the random architectures, final.json,
-    the comparison, MLflow runs."""
-    from mlflow.tracking import MlflowClient
+def _finals(wd: Path) -> dict[str, dict]:
+    return {m: json.loads((wd / "results/shapes_fpn" / ("final.json" if m == "detnas" else f"{m}/final.json")).read_text())
+            for m in METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"]}
 
-    wd = make_workdir(tmp_path)
-    # the default target (the demo experiment's comparison) and the unscaled ShuffleNetV2, a target of its own
-    proc = snakemake(wd, "--cores", "2", "all", "results/shapes_fpn/shufflenetv2_unscaled/final.json")
-    assert "Finished" in proc.stdout + proc.stderr
-    finals = {m: json.loads((wd / "results/shapes_fpn" / ("final.json" if m == "detnas" else f"{m}/final.json")).read_text())
-              for m in METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"]}
+
+@pytest.mark.slow
+def test_end_to_end_dag_all_methods(micro_run):
+    """The real DAG on the micro configuration (the shared run: the default target and the unscaled
+    ShuffleNetV2): every method and the random architectures, final.json, the comparison."""
+    wd = micro_run
+    finals = _finals(wd)
     for method, final in finals.items():
         assert FINAL_FIELDS <= set(final), method
         assert final["method"] == method and final["experiment"] == "shapes_fpn" and len(final["arch"]) == 8
@@ -121,6 +119,15 @@ def test_end_to_end_dag_all_methods(tmp_path):
     assert curves["detnas"]["repeats"] == curves["random"]["repeats"] == 2
     assert (wd / "results/shapes_fpn/architectures.png").stat().st_size > 5000
 
+
+@pytest.mark.slow
+def test_end_to_end_mlflow_runs_and_report_command(micro_run):
+    """One FINISHED evaluate run per method, found by MLflow's client and by the UI's own search;
+    `python -m detnas report` prints the table and the command that opens the UI."""
+    from mlflow.tracking import MlflowClient
+
+    wd = micro_run
+    finals = _finals(wd)
     client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
     exp = client.get_experiment_by_name("shapes_fpn")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
@@ -133,13 +140,6 @@ def test_end_to_end_dag_all_methods(tmp_path):
     stages = {r.data.tags["stage"] for r in client.search_runs([exp.experiment_id])}
     assert {"finetune_supernet", "search", "retrain_pretrain", "retrain_finetune", "evaluate", "compare"} <= stages
 
-    # rerunning does nothing; changing only the search settings reruns searches and what follows them
-    assert planned(wd) == {}
-    edit_config(wd, "      population: 4\n", "      population: 3\n")
-    assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
-                           "evaluate_detnas": 1, "compare": 1, "search_curves": 1, "ranking": 1,
-                           "architectures": 1, "all": 1}
-
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the embedded default store
     report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True, env=env)
     assert report.returncode == 0 and "shufflenetv2" in report.stdout and "random archs (n=2)" in report.stdout
@@ -150,8 +150,21 @@ def test_end_to_end_dag_all_methods(tmp_path):
     runs = _ui_search(ui_uri, exp.experiment_id, "tags.stage = 'evaluate' and tags.experiment = 'shapes_fpn'")
     assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"])
 
-    # the report: every figure kind of the experiment, each with its caption
-    assert_report(wd)
+
+@pytest.mark.slow
+def test_end_to_end_rerun_does_nothing_and_a_search_setting_reruns_what_follows(micro_run, tmp_path):
+    wd = clone_workdir(micro_run, tmp_path / "wd")
+    assert planned(wd) == {}
+    edit_config(wd, "      population: 4\n", "      population: 3\n")
+    assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
+                           "evaluate_detnas": 1, "compare": 1, "search_curves": 1, "ranking": 1,
+                           "architectures": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_end_to_end_report(micro_run, tmp_path):
+    """The report: every figure kind of the experiment, each with its caption."""
+    assert_report(clone_workdir(micro_run, tmp_path / "wd"))
 
 
 def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:

@@ -58,3 +58,24 @@ def edit_config(workdir: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in the config"
     path.write_text(text.replace(old, new, 1))
+
+
+def clone_workdir(src: Path, dest: Path) -> Path:
+    """A copy of a workdir that has run: config, results and Snakemake's metadata (``.snakemake/``),
+    file times kept, so Snakemake plans there exactly what it would plan in ``src``. Its split files
+    still name ``src``'s image folders, which the copy reads."""
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    return dest
+
+
+# What the shared micro run makes: the default target (the demo experiment's comparison, curves,
+# ranking, architectures) and the unscaled ShuffleNetV2, a target of its own.
+MICRO_TARGETS = ("all", "results/shapes_fpn/shufflenetv2_unscaled/final.json")
+
+
+def run_micro(dest: Path) -> Path:
+    """The micro configuration's whole DAG, run once in ``dest`` (see conftest's ``micro_run``)."""
+    wd = make_workdir(dest)
+    proc = snakemake(wd, "--cores", "2", *MICRO_TARGETS)
+    assert "Finished" in proc.stdout + proc.stderr
+    return wd
