@@ -65,7 +65,7 @@ SETTINGS_KEYS = {
                "recalibration_images", "eval_images", "batch_size", "seed", "repeats", "amp", "channels_last"],
     "split-detection": ["sources", "split", "check_images"],
     "split-classification": ["train", "val", "holdout"],
-    "synthesize": ["num_train", "num_test", "image_size", "max_objects", "seed (detection)",
+    "synthesize": ["num_train", "num_test", "image_size", "max_objects", "seed", "difficulty (detection)",
                    "train_per_class", "val_per_class", "image_size", "seed (classification)"],
 }
 
@@ -287,7 +287,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         detector=args.detector, test_file=args.test, arch_file=args.arch_file,
         classifier_metrics=args.classifier_metrics, out=args.out, info=args.info, primary_metric=args.primary,
         batch_size=args.batch_size, mlflow=args.mlflow, threads=args.threads, device=args.device,
-        amp=args.amp, channels_last=args.channels_last,
+        amp=args.amp, channels_last=args.channels_last, detector_metrics=args.detector_metrics,
+        pictures=args.pictures,
     )
     return 0
 
@@ -302,6 +303,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=Path, required=True, help="test annotations (internal COCO-style JSON)")
     p.add_argument("--arch-file", type=Path, required=True, help="the chosen architecture (search output)")
     p.add_argument("--classifier-metrics", type=Path, required=True, help="metrics.json of the retrained classifier")
+    p.add_argument("--detector-metrics", type=Path,
+                   help="metrics.json of the detector's fine-tuning: its loss trend goes into final.json's health")
+    p.add_argument("--pictures", type=Path, help="also draw a few test images with ground truth and detections (PNG)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--info", type=_json_arg, default={}, help="experiment, method, dataset, detector (JSON)")
     p.add_argument("--primary", default="AP",

@@ -84,10 +84,13 @@ def save_search_inputs(det_source: Path, root: Path, supernet_name: str = "super
 
 
 def evaluate_found_boxes(tmp_path: Path, test_file: Path, monkeypatch, *, primary: str, classifier: dict,
-                         mlflow: dict, experiment: str = "x", batch_size: int = 4) -> tuple[dict, object]:
+                         mlflow: dict, experiment: str = "x", batch_size: int = 4, shift: int = 0,
+                         detector_metrics: dict | None = None, pictures: bool = False) -> tuple[dict, object]:
     """``run_evaluate`` on a stand-in detector whose detections are the test split's own (non-crowd)
-    boxes, score 1, with ``classifier`` as the retraining's classifier metrics. Returns final.json
-    and the test split's ``DetectionImages``."""
+    boxes, score 1, with ``classifier`` as the retraining's classifier metrics (and
+    ``detector_metrics`` as its fine-tuning's). ``shift``: each image gets the boxes of the image
+    ``shift`` places later instead (a detector that ignores the pixels). Returns final.json and the
+    test split's ``DetectionImages``."""
     import torch
     from torch import nn
 
@@ -101,18 +104,23 @@ def evaluate_found_boxes(tmp_path: Path, test_file: Path, monkeypatch, *, primar
     monkeypatch.setattr(evaluate_stage, "detector_from_checkpoint", lambda path, device: (nn.Identity(), meta))
 
     def found(model, images, *, batch_size, device):
+        targets = images.targets[shift:] + images.targets[:shift]
         outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
-                   for t in images.targets]
+                   for t in targets]
         return detection_results(outputs, images.image_ids, images.category_ids)
 
     monkeypatch.setattr(evaluate_stage, "detect", found)
     write_json_atomic({"arch": arch, "fitness": 0.5, "evaluations": 3}, tmp_path / "arch.json")
     write_json_atomic(classifier, tmp_path / "cls.json")
+    if detector_metrics is not None:
+        write_json_atomic(detector_metrics, tmp_path / "detector_metrics.json")
     out = tmp_path / "final.json"
     evaluate_stage.run_evaluate(
         detector=tmp_path / "detector.pt", test_file=test_file, arch_file=tmp_path / "arch.json",
         classifier_metrics=tmp_path / "cls.json", out=out, info={"experiment": experiment, "method": "detnas"},
         primary_metric=primary, batch_size=batch_size, mlflow=mlflow, threads=1, device="cpu",
+        detector_metrics=None if detector_metrics is None else tmp_path / "detector_metrics.json",
+        pictures=tmp_path / "detections.png" if pictures else None,
     )
     return json.loads(out.read_text()), data
 

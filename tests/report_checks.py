@@ -46,6 +46,7 @@ def expected_results(config: dict[str, Any]) -> dict[str, tuple[str, str]]:
     for method in METHODS + randoms:
         for half in ("classifier", "detector"):
             expected[f"{d}/{method}/retrain/{half}_curves.png"] = (name, "training curves")
+        expected[f"{d}/{method}/retrain/detections.png"] = (name, "detections")  # ground truth and predictions
     return expected
 
 

@@ -138,17 +138,16 @@ def test_mlflow_commands(tmp_path, monkeypatch):
         pass
     env = {**os.environ, "PWD": str(tmp_path), "MLFLOW_DIR": str(tmp_path / "server"), "MLFLOW_HOST": "127.0.0.1"}
     (tmp_path / "server").mkdir()
-    port = _free_port()
-    ui = _start(ui_cmd, env, port, tmp_path)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health", ui)
-    finally:
-        ui.terminate()
-        ui.wait(30)
-
-    port = _free_port()
+    # both start side by side (each takes seconds to come up); the UI is checked and stopped first
+    ui_port, port = _free_port(), _free_port()
+    ui = _start(ui_cmd, env, ui_port, tmp_path)
     server = _start(server_cmd, env, port, tmp_path)
     try:
+        try:
+            _wait_http(f"http://127.0.0.1:{ui_port}/health", ui)
+        finally:
+            ui.terminate()
+            ui.wait(30)
         _wait_http(f"http://127.0.0.1:{port}/health", server)
         uri = re.sub(r"\$(\w+)", lambda m: env[m.group(1)], export_cmd.split("=", 1)[1])
         uri = re.sub(r":\d+$", f":{port}", uri)

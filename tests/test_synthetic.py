@@ -172,3 +172,31 @@ def test_failed_run_keeps_previous_output(tmp_path, monkeypatch):
         synthesize_classification(out, train_per_class=1, val_per_class=1)
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cls"]
+
+
+def test_easy_detection_is_plain_apart_and_in_class_hues(tmp_path):
+    """The demo's variant: a flat background, shapes that do not overlap, 20-45% of the image side,
+    boxes exactly around the drawn pixels; deterministic; the hard default is another image."""
+    synthesize_detection(tmp_path / "easy", num_train=12, num_test=2, image_size=96, max_objects=3, seed=0,
+                         difficulty="easy")
+    synthesize_detection(tmp_path / "again", num_train=12, num_test=2, image_size=96, max_objects=3, seed=0,
+                         difficulty="easy")
+    assert _files(tmp_path / "easy") == _files(tmp_path / "again")
+    coco = COCO(str(tmp_path / "easy/instances_train.json"))
+    assert {c["name"] for c in coco.dataset["categories"]} == set(DET_CLASSES)
+    for img in coco.dataset["images"]:
+        pixels = np.asarray(Image.open(tmp_path / "easy/images" / img["file_name"])).astype(float)
+        anns = coco.imgToAnns[img["id"]]
+        assert 1 <= len(anns) <= 3
+        inside = np.zeros(pixels.shape[:2], dtype=bool)
+        for a in anns:
+            x, y, w, h = (int(v) for v in a["bbox"])
+            assert 0.2 * 96 - 2 <= max(w, h) <= 0.45 * 96 * 1.31 + 2  # a square turned 22.5 deg: 1.31x wider
+            assert not inside[y:y + h, x:x + w].any()  # apart from the others
+            inside[y:y + h, x:x + w] = True
+        background = pixels[~inside]
+        assert background.std(axis=0).max() < 6  # one colour and mild noise, no texture
+    hard = synthesize_detection(tmp_path / "hard", num_train=12, num_test=2, image_size=96, max_objects=3, seed=0)
+    assert hard is None and _files(tmp_path / "hard") != _files(tmp_path / "easy")
+    with pytest.raises(ValueError, match="difficulty must be one of hard, easy, got 'medium'"):
+        synthesize_detection(tmp_path / "x", num_train=1, num_test=1, difficulty="medium")

@@ -98,6 +98,10 @@ def test_end_to_end_dag_all_methods(micro_run):
         assert final["method"] == method and final["experiment"] == "shapes_fpn" and len(final["arch"]) == 8
         assert 0.0 <= final["AP"] <= 1.0 and 0.0 <= final["top1"] <= 1.0
         assert final["mflops"] <= 40  # the FLOPs limit: searched, random and the scaled hand-crafted network
+        # every retrained network's health is checked: both trainings' loss trends and the test AP50 against chance
+        assert set(final["health"]["losses"]) == {"classifier", "detector"} and final["health"]["chance"]["checked"]
+        picture = wd / "results/shapes_fpn" / method / "retrain/detections.png"
+        assert picture.stat().st_size > 10_000, method
     assert finals["shufflenetv2"]["arch"] == finals["shufflenetv2_unscaled"]["arch"] == "00000000"
     assert finals["shufflenetv2"]["width_factor"] > 1 == finals["shufflenetv2_unscaled"]["width_factor"]
     assert finals["shufflenetv2"]["mflops"] >= 0.98 * 40 > finals["shufflenetv2_unscaled"]["mflops"]
@@ -106,7 +110,7 @@ def test_end_to_end_dag_all_methods(micro_run):
     assert summary["n"] == 2 and summary["metrics"]["AP"]["mean"] == pytest.approx(
         sum(finals[m]["AP"] for m in RANDOM_ARCHS) / 2)
     table = (wd / "results/shapes_fpn/comparison.csv").read_text().splitlines()
-    assert table[0].startswith("method,arch,mflops")
+    assert table[0].startswith("method,arch,mflops") and table[0].endswith(",health,vs_random_archs")
     assert [r.split(",")[0] for r in table[1:]] == METHODS + ["random archs (n=2)"]
     assert (wd / "results/shapes_fpn/comparison.png").stat().st_size > 5000
     # the ranking quality over every retrained path of the supernet, the search curves over 2 repeats

@@ -24,6 +24,12 @@ something, so the data is drawn here, deterministically:
   path), while one fixed path learns within a few hundred: the demo's pre-training would show
   nothing. Detection images keep uniformly random colours: there, shape is the only cue.
 
+The detection task comes in two difficulties (``difficulty``): ``hard`` (the default, all of the
+above) and ``easy``, the demo's: a plain background (one muted colour and mild sensor noise), 1 to
+``max_objects`` objects that do not overlap, each 20-45 % of the image side, in its class's hues (as
+the classification shapes): a task a tiny detector learns in a few hundred steps on a CPU, so the
+demo's networks show what they learned.
+
 Every image has its own generator, ``np.random.default_rng([seed, task, split, ...index])``,
 so the bytes of a file depend only on the arguments, never on generation order.
 """
@@ -41,7 +47,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["DET_CLASSES", "CLS_CLASSES", "synthesize_detection", "synthesize_classification"]
+__all__ = ["DET_CLASSES", "CLS_CLASSES", "DIFFICULTIES", "synthesize_detection", "synthesize_classification"]
+
+DIFFICULTIES = ("hard", "easy")
 
 DET_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 CLS_CLASSES: tuple[str, ...] = DET_CLASSES + ("star", "hexagon", "diamond")
@@ -264,6 +272,37 @@ def _detection_image(rng: np.random.Generator, image_size: int, max_objects: int
     return _finish(rng, img), objects
 
 
+_EASY_SIZE = (0.2, 0.45)  # object box side, as a share of the image side
+
+
+def _easy_detection_image(rng: np.random.Generator, image_size: int, max_objects: int) -> tuple[np.ndarray, list[dict]]:
+    """The ``easy`` task: 1..``max_objects`` non-overlapping shapes in their class's hues on a plain
+    background; same return values as ``_detection_image``."""
+    count = int(rng.integers(1, max_objects + 1))
+    base = 255 * np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.25), rng.uniform(0.35, 0.6)))
+    img = np.broadcast_to(base.astype(np.float32), (image_size, image_size, 3)).copy()
+    taken = np.zeros((image_size, image_size), dtype=bool)  # boxes so far, 2 px apart
+    colors: list[np.ndarray] = []
+    objects = []
+    for _ in range(count):
+        for _attempt in range(20):
+            name = DET_CLASSES[int(rng.integers(len(DET_CLASSES)))]
+            shape = _place(rng, name, rng.uniform(*_EASY_SIZE) * image_size, image_size, max_angle=np.pi / 8)
+            mask = _mask(shape, image_size)
+            rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            if not taken[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2].any():
+                break
+        else:
+            continue  # no room left for another object
+        taken[y0:y1, x0:x1] = True
+        colors.append(_paint(rng, img, mask, colors, hue=DET_CLASSES.index(name) / len(DET_CLASSES)))
+        objects.append({"category_id": DET_CLASSES.index(name) + 1,
+                        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "area": float(mask.sum())})
+    img = img + rng.normal(0, 3, size=img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
+
+
 def _classification_image(rng: np.random.Generator, name: str, image_size: int) -> np.ndarray:
     """(H, W, 3) uint8: one ``name`` shape, 40-90 % of the image, on a texture, in its class's hues."""
     size = rng.uniform(0.4, 0.9) * image_size
@@ -300,8 +339,10 @@ def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
 
 
 def synthesize_detection(out_dir: Path, *, num_train: int, num_test: int, image_size: int = 128,
-                         seed: int = 0, max_objects: int = 6) -> None:
+                         seed: int = 0, max_objects: int = 6, difficulty: str = "hard") -> None:
     """Write a COCO-style shapes detection dataset to ``out_dir`` (replacing it, atomically).
+    ``difficulty``: ``hard`` (textured backgrounds, occlusion, all COCO sizes) or ``easy`` (see the
+    module docstring).
 
     Layout: ``images/{train,test}/NNNNNN.png`` (RGB, ``image_size`` px square) and
     ``instances_{train,test}.json``, whose ``file_name`` is relative to ``out_dir/images``.
@@ -311,6 +352,9 @@ def synthesize_detection(out_dir: Path, *, num_train: int, num_test: int, image_
                                 ("image_size", image_size, _MIN_IMAGE_SIZE), ("seed", seed, 0),
                                 ("max_objects", max_objects, 1)):
         _check(arg, value, minimum)
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    draw = _easy_detection_image if difficulty == "easy" else _detection_image
 
     def write(root: Path) -> None:
         for split_id, (split, count) in enumerate((("train", num_train), ("test", num_test))):
@@ -318,14 +362,14 @@ def synthesize_detection(out_dir: Path, *, num_train: int, num_test: int, image_
             images, annotations = [], []
             for index in range(count):
                 rng = np.random.default_rng([seed, 0, split_id, index])  # 0: the detection task
-                pixels, objects = _detection_image(rng, image_size, max_objects)
+                pixels, objects = draw(rng, image_size, max_objects)
                 file_name = f"{split}/{index:06d}.png"
                 Image.fromarray(pixels).save(root / "images" / file_name, format="PNG")
                 images.append({"id": index + 1, "file_name": file_name, "width": image_size, "height": image_size})
                 for obj in objects:
                     annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **obj, "iscrowd": 0})
             dataset = {
-                "info": {"description": f"detnas synthetic shapes, seed {seed}", "version": "1"},
+                "info": {"description": f"detnas synthetic shapes ({difficulty}), seed {seed}", "version": "1"},
                 "images": images,
                 "annotations": annotations,
                 "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(DET_CLASSES)],

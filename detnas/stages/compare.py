@@ -14,10 +14,14 @@ from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_comparison
 from ..tracking import StageRun
 
-__all__ = ["COLUMNS", "fmt_cell", "run_compare", "run_random_archs_summary", "summarize_finals"]
+__all__ = ["COLUMNS", "fmt_cell", "health_cell", "noise_yardstick", "run_compare", "run_random_archs_summary",
+           "summarize_finals"]
 
 COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "primary_metric", "primary_value", "AP", "AP50", "AP75",
            "APs", "APm", "APl", "top1", "search_fitness", "search_evaluations", "mlflow_run_id"]
+# added by the comparison: "ok" or the health flags of the row's trainings (detnas.health), and the
+# primary metric's distance to the random architectures' mean in units of their std (the noise yardstick)
+DERIVED = ["health", "vs_random_archs"]
 VOC_COLUMNS = ["mAP50_voc07", "mAP50_voc12"]  # VOC experiments only
 # the spread of the random architectures' row (empty for a single network)
 STD_COLUMNS = [f"{c}_std" for c in ("mflops", "primary_value", "AP", "AP50", "AP75", "APs", "APm", "APl", "top1",
@@ -31,14 +35,43 @@ def random_archs_row(summary: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {c: m[c]["mean"] if c in m else None for c in COLUMNS}
     row.update({c: m[c]["mean"] for c in VOC_COLUMNS if c in m})  # VOC experiments only
     row.update({f"{c}_std": m[c]["std"] if c in m else None for c in (s.removesuffix("_std") for s in STD_COLUMNS)})
+    flagged = summary.get("flagged") or {}
     row.update(method=f"random archs (n={summary['n']})", arch=None, mlflow_run_id=None,
-               primary_metric=summary.get("primary_metric"))
+               primary_metric=summary.get("primary_metric"),
+               health="ok" if not flagged else "; ".join(f"{m}: {', '.join(f)}" for m, f in flagged.items()))
     return row
+
+
+def health_cell(final: dict[str, Any]) -> str:
+    """"ok", the flags of final.json's ``health`` ("HEALTH: ..."), or "-" where it was not checked."""
+    health = final.get("health")
+    if not health:
+        return "-"
+    return "ok" if health.get("ok") else "HEALTH: " + "; ".join(health.get("flags", []))
+
+
+def noise_yardstick(table: pd.DataFrame) -> pd.Series:
+    """Each row's primary value minus the random architectures' mean, in units of their std
+    ("+1.8 std"); "within noise" when the difference is at most one std; "-" without that row."""
+    spread = table[table["primary_value_std"].notna()]
+    if spread.empty or not (spread["primary_value_std"].iloc[0] > 0):
+        return pd.Series("-", index=table.index)
+    mean, std = float(spread["primary_value"].iloc[0]), float(spread["primary_value_std"].iloc[0])
+
+    def cell(i: int, value: Any) -> str:
+        if i in spread.index or value is None or value != value:
+            return "-"
+        z = (float(value) - mean) / std
+        return f"{z:+.1f} std" + (" (within noise)" if abs(z) <= 1 else "")
+
+    return pd.Series([cell(i, v) for i, v in zip(table.index, table["primary_value"])], index=table.index)
 
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as printed: a row with a spread shows "mean +- std"."""
     out = table.drop(columns=["mlflow_run_id", *STD_COLUMNS]).astype(object)
+    if "health" in out:  # the flags themselves are printed as warnings: the table marks the row
+        out["health"] = ["ok" if h in ("ok", "-") else "FLAGGED" for h in out["health"]]
     for std in STD_COLUMNS:
         col = std.removesuffix("_std")
         for i in table.index[table[std].notna()]:
@@ -69,9 +102,13 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     if missing:
         raise ValueError(f"final.json files lack {missing}: {[str(p) for p in finals]}")
     voc = [c for c in VOC_COLUMNS if c in table]
-    table = table[COLUMNS + voc].reindex(columns=COLUMNS + voc + STD_COLUMNS)
+    table["health"] = [health_cell(r) for r in rows]
+    table = table[COLUMNS + voc + ["health"]].reindex(columns=COLUMNS + voc + STD_COLUMNS + ["health"])
     if random_archs is not None:
         table = pd.concat([table, pd.DataFrame([random_archs_row(read_json(random_archs))])], ignore_index=True)
+    table["vs_random_archs"] = noise_yardstick(table)
+    for _, r in table[~table["health"].isin(["ok", "-"])].iterrows():
+        print(f"HEALTH WARNING: {r['method']}: {r['health'].removeprefix('HEALTH: ')}", flush=True)
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format=fmt_number)
     write_text_atomic(buf.getvalue(), csv_out)
@@ -85,7 +122,7 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
             run.log_metrics({f"{name}_{k}": v for k, v in values.items() if pd.notna(v)}, 0)
         run.log_table(table, "comparison.json")
         run.log_artifacts(csv_out, png_out)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(_shown(table).to_string(index=False))
     return table
 
@@ -105,8 +142,9 @@ def summarize_finals(finals: list[dict[str, Any]]) -> dict[str, Any]:
         mean = math.fsum(values) / len(values)
         var = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
         stats[k] = {"mean": mean, "std": math.sqrt(var), "min": min(values), "max": max(values), "n": len(values)}
+    flagged = {f.get("method"): f["health"]["flags"] for f in finals if f.get("health") and not f["health"].get("ok")}
     return {"n": len(finals), "archs": [f.get("arch") for f in finals], "methods": [f.get("method") for f in finals],
-            "metrics": stats}
+            "metrics": stats, "flagged": flagged}
 
 
 def run_random_archs_summary(*, finals: list[Path], out: Path, experiment: str, mlflow: dict[str, Any]) -> dict[str, Any]:

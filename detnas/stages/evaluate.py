@@ -13,7 +13,9 @@ from ..distributed import init_distributed, set_threads
 from ..evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detect
 from ..flops import cost_table
 from ..formatting import fmt_number
+from ..health import chance_health, health_summary, loss_health, shifted_detections
 from ..io import read_json, write_json_atomic
+from ..plots import plot_detections
 from ..precision import Precision
 from ..space import get_space, split_space_name
 from ..tracking import StageRun
@@ -35,6 +37,19 @@ def _metric_key(prefix: str, name: str) -> str:
 
 # the network's figures in final.json that MLflow gets next to the detection metrics
 _COST_AND_CLASSIFIER = ("mflops", "backbone_params_m", "classifier_params_m", "top1")
+
+
+PICTURES = 4  # test images drawn with their detections
+
+
+def _draw(data: DetectionImages, results: list[dict[str, Any]], classes: dict[int, str], path: Path, *,
+          title: str) -> None:
+    """The first ``PICTURES`` test images (by id), ground truth above, detections below."""
+    ids = data.image_ids[:PICTURES]
+    images = [im.permute(1, 2, 0).numpy() for im in data._decoded(0, len(ids))]  # (H, W, 3) uint8
+    truth = [[a for a in data.coco.imgToAnns[i] if not a.get("iscrowd")] for i in ids]
+    found = [[r for r in results if r["image_id"] == i] for i in ids]
+    plot_detections(images, truth, found, classes, path, title=title)
 
 
 def _tracked(final: dict[str, Any]) -> dict[str, float]:
@@ -66,6 +81,8 @@ def run_evaluate(
     device: str = "auto",
     amp: str | bool | None = None,
     channels_last: bool | str | None = None,
+    detector_metrics: Path | None = None,
+    pictures: Path | None = None,
 ) -> None:
     """Evaluate on every test image; ``final.json`` gets the fields of PIPELINE.md.
 
@@ -79,6 +96,10 @@ def run_evaluate(
     ``amp``, ``channels_last`` (``detnas.precision``): None takes the setting the detector was
     fine-tuned with (saved in its checkpoint; "auto" for a checkpoint without it), resolved for this
     device.
+
+    ``health`` (``detnas.health``): the classifier's and (with ``detector_metrics``, the detector's
+    fine-tuning metrics.json) the detector's loss trend, and the test AP50 against chance.
+    ``pictures``: a PNG of the first ``PICTURES`` test images, ground truth and detections side by side.
     """
     if primary_metric not in PRIMARY_METRICS:
         raise ValueError(f"primary metric must be one of {', '.join(PRIMARY_METRICS)}, got {primary_metric!r}")
@@ -114,6 +135,13 @@ def run_evaluate(
             voc = voc_ap(results, data.coco.dataset["annotations"], classes, image_ids=data.image_ids)
             metrics.update({k: voc[k] for k in VOC_METRICS})
             per_class = voc["per_class"]
+        shifted = coco_box_metrics(data.coco, shifted_detections(results, data.image_ids), data.image_ids,
+                                   by_size=False)["AP50"]
+        trained_losses = {"classifier": cls.get("health") or (loss_health(cls["history"]) if cls.get("history") else None)}
+        if detector_metrics is not None:
+            det = read_json(detector_metrics)
+            trained_losses["detector"] = det.get("health") or loss_health(det.get("history", []))
+        health = health_summary(losses=trained_losses, chance=chance_health(metrics["AP50"], shifted))
         seconds = time.perf_counter() - t
         final = {
             **info,
@@ -133,13 +161,23 @@ def run_evaluate(
             "top1": cls.get("top1"),
             "search_fitness": chosen.get("fitness"),
             "search_evaluations": chosen.get("evaluations"),
+            "health": health,
             "mlflow_run_id": run.run_id,
         }
+        if pictures is not None:
+            _draw(data, results, classes, pictures, title=(
+                f"{info.get('experiment')} {info.get('method')}: {arch} on the test split, AP50 "
+                f"{fmt_number(metrics['AP50'])}, AP {fmt_number(metrics['AP'])}"))
         run.log_metrics(_tracked(final), 0)
-        run.set_tags({"arch": str(arch)})
+        run.set_tags({"arch": str(arch), "health": "ok" if health["ok"] else "; ".join(health["flags"])})
         write_json_atomic(final, out)
-        run.log_artifacts(out)
+        run.log_artifacts(out, *([pictures] if pictures is not None else []))
     shown = [primary_metric, *(k for k in PRIMARY_METRICS if k in metrics and k != primary_metric)]
     summary = " ".join(f"{k} {fmt_number(metrics[k])}" for k in shown)
     print(f"{info.get('experiment')} {info.get('method')}: {arch} on {len(data)} test images: {summary} "
           f"(top-1 {final['top1']}) in {seconds:.1f} s (amp {precision.amp}, {precision.memory_format})", flush=True)
+    for flag in health["flags"]:
+        print(f"HEALTH WARNING: {info.get('method')}: {flag}", flush=True)
+    if health["ok"]:
+        print(f"health: ok (AP50 {fmt_number(metrics['AP50'])} against {fmt_number(shifted)} at chance; "
+              f"no training loss rose at the end)", flush=True)

@@ -24,6 +24,7 @@ from ..engine import (
     uniform_path,
     unwrap,
 )
+from ..health import loss_health, loss_health_line
 from ..io import load_checkpoint, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
 from ..precision import Precision
@@ -175,7 +176,10 @@ def run_finetune(
             "initial_loss": history[0]["loss"] if history else None,
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
+            "health": loss_health(history),
         }
+        if dist.is_main:
+            print(loss_health_line(metrics["health"]), flush=True)
         if dist.is_main:
             detector_settings = dict(settings["detector"])
             # the settings, not their resolution: `evaluate` resolves them for the device it runs on

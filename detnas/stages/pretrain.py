@@ -29,6 +29,7 @@ from ..engine import (
 )
 from ..evaluate import top1_accuracy
 from ..formatting import fmt_number
+from ..health import loss_health, loss_health_line
 from ..io import read_json, save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
 from ..precision import Precision
@@ -163,7 +164,10 @@ def run_pretrain(
             "initial_loss": history[0]["loss"] if history else None,
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
+            "health": loss_health(history),
         }
+        if dist.is_main:
+            print(loss_health_line(metrics["health"]), flush=True)
         val_root = val_root or (Path(split["val_root"]) if split.get("val_root") else None)
         if fixed is not None and val_root is not None:
             # uint8 images from the loader, normalized batch by batch on the device

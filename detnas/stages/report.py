@@ -46,6 +46,10 @@ def comparison_text(df: pd.DataFrame, primary: str) -> str:
         std = df.get("primary_value_std" if col == primary else f"{col}_std")
         for i in [] if std is None else df.index[std.notna()]:
             shown.loc[i, col] = f"{fmt_number(shown.loc[i, col])} +- {fmt_number(std[i])}"
+    if "vs_random_archs" in df:  # the noise yardstick, and whether every training of the row learned
+        shown["vs random archs"] = df["vs_random_archs"].fillna("-")
+    if "health" in df:
+        shown["health"] = ["ok" if h in ("ok", "-") or h != h else "FLAGGED" for h in df["health"]]
     return shown.map(fmt_cell).to_string(index=False)
 
 
@@ -63,6 +67,9 @@ def run_report(*, experiment: str | None, config: Path, results: Path) -> None:
     print(f"\n{experiment}: test-split metrics of the retrained architectures (primary: {primary}), backbone MFLOPs "
           f"at 224x224, classification top-1\n")
     print(comparison_text(df, primary))
+    for method, health in zip(df["method"], df["health"] if "health" in df else []):
+        if isinstance(health, str) and health not in ("ok", "-"):  # a network that did not learn: say so
+            print(f"HEALTH WARNING: {method}: {health.removeprefix('HEALTH: ')}")
     ranking = root / "ranking.json"
     if ranking.is_file():  # does the supernet rank architectures as standalone training does?
         r: dict[str, Any] = read_json(ranking)

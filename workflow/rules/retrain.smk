@@ -88,6 +88,7 @@ def evaluate_input(w):
         "detector": f"{d}/retrain/detector.pt",
         "arch": f"{d}/search/arch.json",
         "classifier": f"{d}/retrain/classifier_metrics.json",
+        "detector_metrics": f"{d}/retrain/detector_metrics.json",
         "test": f"{det_dir(experiment(w.experiment)['data'])}/test.json",
     }
 
@@ -109,6 +110,8 @@ rule evaluate:
         unpack(evaluate_input),
     output:
         final=f"{R}/{{experiment}}/{{method}}/final.json",
+        pictures=report(f"{R}/{{experiment}}/{{method}}/retrain/detections.png", caption="../report/detections.rst",
+                        category="{experiment}", subcategory="detections", labels={"network": "{method}"}),
     wildcard_constraints:
         method="random|clsnas|scratch|shufflenetv2|shufflenetv2_unscaled|random_arch_[0-9]+",
     params:
@@ -124,7 +127,8 @@ rule evaluate:
         f"{R}/benchmarks/evaluate/{{experiment}}_{{method}}.tsv"
     shell:
         "python -m detnas evaluate --detector {input.detector} --test {input.test} --arch-file {input.arch}"
-        " --classifier-metrics {input.classifier} --out {output.final} --info {params.info:q}"
+        " --classifier-metrics {input.classifier} --detector-metrics {input.detector_metrics}"
+        " --out {output.final} --pictures {output.pictures} --info {params.info:q}"
         " --primary {params.primary} --batch-size {params.batch_size} --threads {threads}"
         " --mlflow {params.mlflow:q} > {log} 2>&1"
 
@@ -133,6 +137,8 @@ rule evaluate:
 use rule evaluate as evaluate_detnas with:
     output:
         final=f"{R}/{{experiment}}/final.json",
+        pictures=report(f"{R}/{{experiment}}/detnas/retrain/detections.png", caption="../report/detections.rst",
+                        category="{experiment}", subcategory="detections", labels={"network": "detnas"}),
     log:
         f"{R}/logs/evaluate/{{experiment}}_detnas.log",
     benchmark:
