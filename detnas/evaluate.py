@@ -81,7 +81,8 @@ class DetectionImages:
         """Bytes the images hold in memory (encoded or decoded)."""
         return sum(im.numel() * im.element_size() for im in self.images)
 
-    def _decoded(self, lo: int, hi: int) -> list[Tensor]:
+    def decoded(self, lo: int, hi: int) -> list[Tensor]:
+        """Images ``lo:hi`` as (3, H, W) uint8 tensors (decoded from their bytes where kept encoded)."""
         if not self.encoded:
             return self.images[lo:hi]
         out = []
@@ -98,11 +99,11 @@ class DetectionImages:
         decoded on worker threads while the caller computes on this one."""
         starts = list(range(0, len(self.images), batch_size))
         with ThreadPoolExecutor(max_workers=max(1, self.decode_threads)) as pool:
-            pending = pool.submit(self._decoded, 0, batch_size) if starts else None
+            pending = pool.submit(self.decoded, 0, batch_size) if starts else None
             for n, i in enumerate(starts):
                 decoded = pending.result()
                 if n + 1 < len(starts):
-                    pending = pool.submit(self._decoded, starts[n + 1], starts[n + 1] + batch_size)
+                    pending = pool.submit(self.decoded, starts[n + 1], starts[n + 1] + batch_size)
                 ims = [im.to(device, non_blocking=True).float().div_(255.0) for im in decoded]
                 tgs = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()}
                        for t in self.targets[i:i + batch_size]]

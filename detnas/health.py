@@ -20,7 +20,7 @@ import math
 from typing import Any, Sequence
 
 __all__ = ["CHANCE_MARGIN", "LOSS_RISE", "chance_health", "health_summary", "loss_health", "loss_health_line",
-           "shifted_detections"]
+           "shifted_detections", "training_health"]
 
 LOSS_RISE = 0.10  # the last part's mean loss this much above the part before it: flagged
 TAIL = 0.25  # the last part: this share of the logged steps (and the same share before it)
@@ -33,25 +33,30 @@ def loss_health(history: Sequence[dict[str, Any]], key: str = "loss") -> dict[st
     Returns {"checked", "rising", "last", "before", "rise", "steps"}; ``checked`` False (with
     ``reason``) when fewer than 4 finite values were logged: too short to tell.
     """
-    values = [float(r[key]) for r in history if key in r and r[key] is not None and math.isfinite(float(r[key]))]
-    if len(values) < 4:
-        return {"checked": False, "rising": False, "reason": f"{len(values)} logged {key} values: too few to tell"}
-    k = max(1, round(len(values) * TAIL))
-    last, before = values[-k:], values[-2 * k:-k]
+    logged = [(int(r["step"]), float(r[key])) for r in history
+              if r.get(key) is not None and math.isfinite(float(r[key]))]
+    if len(logged) < 4:
+        return {"checked": False, "rising": False, "reason": f"{len(logged)} logged {key} values: too few to tell"}
+    k = max(1, round(len(logged) * TAIL))
+    last, before = [v for _, v in logged[-k:]], [v for _, v in logged[-2 * k:-k]]
     mean_last, mean_before = sum(last) / len(last), sum(before) / len(before)
     rise = mean_last / mean_before - 1 if mean_before > 0 else 0.0
-    steps = [int(r["step"]) for r in history if key in r][-2 * k:]
     return {"checked": True, "rising": rise > LOSS_RISE, "last": mean_last, "before": mean_before, "rise": rise,
-            "steps": [steps[0], steps[-1]] if steps else None}
+            "steps": [logged[-2 * k][0], logged[-1][0]]}
+
+
+def training_health(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The loss health of a training stage's metrics.json: the ``health`` it wrote, or (a file
+    written before the check existed) computed from its ``history``."""
+    return metrics.get("health") or loss_health(metrics.get("history") or [])
 
 
 def loss_health_line(check: dict[str, Any]) -> str:
     """One log line for a ``loss_health`` result; a flagged one starts with "HEALTH WARNING"."""
     if not check.get("checked"):
         return f"health: loss trend not checked ({check.get('reason')})"
-    steps = check.get("steps") or ["?", "?"]
-    trend = (f"mean loss {check['before']:.4g} -> {check['last']:.4g} ({check['rise']:+.1%}) over steps "
-             f"{steps[0]}-{steps[1]}")
+    first, end = check["steps"]
+    trend = f"mean loss {check['before']:.4g} -> {check['last']:.4g} ({check['rise']:+.1%}) over steps {first}-{end}"
     if check["rising"]:
         return (f"HEALTH WARNING: the loss rose over the last quarter of the schedule: {trend} (more than "
                 f"{LOSS_RISE:.0%}); the network may not have learned: check the learning rate and warm-up")

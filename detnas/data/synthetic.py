@@ -208,10 +208,16 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, avoid: l
     return color
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Per-pixel sensor noise, then (H, W, 3) uint8."""
-    img = img + rng.normal(0, rng.uniform(3, 9), size=img.shape)
+def _finish(rng: np.random.Generator, img: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """Per-pixel sensor noise (standard deviation ``sigma``; None: drawn in 3..9), then (H, W, 3) uint8."""
+    img = img + rng.normal(0, rng.uniform(3, 9) if sigma is None else sigma, size=img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the pixels ``mask`` covers, x1 and y1 exclusive."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def _sample_shape(rng: np.random.Generator, area: tuple[float, float], image_size: int) -> _Shape | None:
@@ -262,11 +268,10 @@ def _detection_image(rng: np.random.Generator, image_size: int, max_objects: int
     objects = []
     for i in keep:  # the last one drawn is fully visible, so every image keeps an object
         colors.append(_paint(rng, img, masks[i], colors))
-        rows, cols = np.nonzero(masks[i].any(axis=1))[0], np.nonzero(masks[i].any(axis=0))[0]
-        x0, y0 = float(cols[0]), float(rows[0])
+        x0, y0, x1, y1 = _mask_box(masks[i])
         objects.append({
             "category_id": DET_CLASSES.index(shapes[i].name) + 1,
-            "bbox": [x0, y0, float(cols[-1] + 1) - x0, float(rows[-1] + 1) - y0],
+            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
             "area": float(visible[i]),
         })
     return _finish(rng, img), objects
@@ -289,8 +294,7 @@ def _easy_detection_image(rng: np.random.Generator, image_size: int, max_objects
             name = DET_CLASSES[int(rng.integers(len(DET_CLASSES)))]
             shape = _place(rng, name, rng.uniform(*_EASY_SIZE) * image_size, image_size, max_angle=np.pi / 8)
             mask = _mask(shape, image_size)
-            rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            x0, y0, x1, y1 = _mask_box(mask)
             if not taken[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2].any():
                 break
         else:
@@ -299,8 +303,7 @@ def _easy_detection_image(rng: np.random.Generator, image_size: int, max_objects
         colors.append(_paint(rng, img, mask, colors, hue=DET_CLASSES.index(name) / len(DET_CLASSES)))
         objects.append({"category_id": DET_CLASSES.index(name) + 1,
                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "area": float(mask.sum())})
-    img = img + rng.normal(0, 3, size=img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
+    return _finish(rng, img, sigma=3), objects
 
 
 def _classification_image(rng: np.random.Generator, name: str, image_size: int) -> np.ndarray:

@@ -38,13 +38,10 @@ def plot_comparison(table: Any, curves: dict[str, Any], path: str | Path, *, tit
                 ax.errorbar(x, v, yerr=0.0 if e != e else float(e), fmt="o", color=colors[x], capsize=4)
                 ax.annotate(f"{v:.3f}" if col != "mflops" else f"{v:.1f}", (x, v), xytext=(6, 0),
                             textcoords="offset points", fontsize=7, va="center")
-        if col == primary and any(spread):  # the noise yardstick: the random architectures' mean +- std
-            i = [k for k, s in enumerate(spread) if s][0]
-            e = errors.iloc[i] if hasattr(errors, "iloc") else errors[i]
-            if e == e and e is not None:
-                ax.axhspan(values[i] - float(e), values[i] + float(e), color=colors[i], alpha=0.15, zorder=0,
-                           label="random archs: mean +- std (noise)")
-                ax.legend(fontsize=7, loc="lower right")
+                if col == primary and e == e:  # the noise yardstick: the random architectures' mean +- std
+                    ax.axhspan(v - float(e), v + float(e), color=colors[x], alpha=0.15, zorder=0,
+                               label="random archs: mean +- std (noise)")
+                    ax.legend(fontsize=7, loc="lower right")
         ax.set_title(label, fontsize=10)
         ax.set_ylim(bottom=0)  # AP, MFLOPs and top-1 are never negative: no axis below zero
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)

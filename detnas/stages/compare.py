@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -14,14 +14,11 @@ from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_comparison
 from ..tracking import StageRun
 
-__all__ = ["COLUMNS", "fmt_cell", "health_cell", "noise_yardstick", "run_compare", "run_random_archs_summary",
+__all__ = ["COLUMNS", "fmt_cell", "health_cell", "health_marker", "health_warnings", "noise_yardstick", "run_compare", "run_random_archs_summary",
            "summarize_finals"]
 
 COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "primary_metric", "primary_value", "AP", "AP50", "AP75",
            "APs", "APm", "APl", "top1", "search_fitness", "search_evaluations", "mlflow_run_id"]
-# added by the comparison: "ok" or the health flags of the row's trainings (detnas.health), and the
-# primary metric's distance to the random architectures' mean in units of their std (the noise yardstick)
-DERIVED = ["health", "vs_random_archs"]
 VOC_COLUMNS = ["mAP50_voc07", "mAP50_voc12"]  # VOC experiments only
 # the spread of the random architectures' row (empty for a single network)
 STD_COLUMNS = [f"{c}_std" for c in ("mflops", "primary_value", "AP", "AP50", "AP75", "APs", "APm", "APl", "top1",
@@ -50,6 +47,18 @@ def health_cell(final: dict[str, Any]) -> str:
     return "ok" if health.get("ok") else "HEALTH: " + "; ".join(health.get("flags", []))
 
 
+def health_marker(cell: Any) -> str:
+    """A comparison.csv ``health`` cell as the printed tables show it: "ok" (also for "-", not
+    checked, and a missing cell) or "FLAGGED"."""
+    return "FLAGGED" if isinstance(cell, str) and cell not in ("ok", "-") else "ok"
+
+
+def health_warnings(methods: Sequence[str], cells: Sequence[Any]) -> list[str]:
+    """One "HEALTH WARNING: <method>: <flags>" line per flagged row of comparison.csv."""
+    return [f"HEALTH WARNING: {m}: {c.removeprefix('HEALTH: ')}" for m, c in zip(methods, cells)
+            if health_marker(c) == "FLAGGED"]
+
+
 def noise_yardstick(table: pd.DataFrame) -> pd.Series:
     """Each row's primary value minus the random architectures' mean, in units of their std
     ("+1.8 std"); "within noise" when the difference is at most one std; "-" without that row."""
@@ -71,7 +80,7 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as printed: a row with a spread shows "mean +- std"."""
     out = table.drop(columns=["mlflow_run_id", *STD_COLUMNS]).astype(object)
     if "health" in out:  # the flags themselves are printed as warnings: the table marks the row
-        out["health"] = ["ok" if h in ("ok", "-") else "FLAGGED" for h in out["health"]]
+        out["health"] = [health_marker(h) for h in out["health"]]
     for std in STD_COLUMNS:
         col = std.removesuffix("_std")
         for i in table.index[table[std].notna()]:
@@ -107,8 +116,8 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     if random_archs is not None:
         table = pd.concat([table, pd.DataFrame([random_archs_row(read_json(random_archs))])], ignore_index=True)
     table["vs_random_archs"] = noise_yardstick(table)
-    for _, r in table[~table["health"].isin(["ok", "-"])].iterrows():
-        print(f"HEALTH WARNING: {r['method']}: {r['health'].removeprefix('HEALTH: ')}", flush=True)
+    for line in health_warnings(table["method"], table["health"]):
+        print(line, flush=True)
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format=fmt_number)
     write_text_atomic(buf.getvalue(), csv_out)

@@ -13,7 +13,7 @@ from ..distributed import init_distributed, set_threads
 from ..evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detect
 from ..flops import cost_table
 from ..formatting import fmt_number
-from ..health import chance_health, health_summary, loss_health, shifted_detections
+from ..health import chance_health, health_summary, shifted_detections, training_health
 from ..io import read_json, write_json_atomic
 from ..plots import plot_detections
 from ..precision import Precision
@@ -46,7 +46,7 @@ def _draw(data: DetectionImages, results: list[dict[str, Any]], classes: dict[in
           title: str) -> None:
     """The first ``PICTURES`` test images (by id), ground truth above, detections below."""
     ids = data.image_ids[:PICTURES]
-    images = [im.permute(1, 2, 0).numpy() for im in data._decoded(0, len(ids))]  # (H, W, 3) uint8
+    images = [im.permute(1, 2, 0).numpy() for im in data.decoded(0, len(ids))]  # (H, W, 3) uint8
     truth = [[a for a in data.coco.imgToAnns[i] if not a.get("iscrowd")] for i in ids]
     found = [[r for r in results if r["image_id"] == i] for i in ids]
     plot_detections(images, truth, found, classes, path, title=title)
@@ -137,10 +137,9 @@ def run_evaluate(
             per_class = voc["per_class"]
         shifted = coco_box_metrics(data.coco, shifted_detections(results, data.image_ids), data.image_ids,
                                    by_size=False)["AP50"]
-        trained_losses = {"classifier": cls.get("health") or (loss_health(cls["history"]) if cls.get("history") else None)}
+        trained_losses = {"classifier": training_health(cls)}
         if detector_metrics is not None:
-            det = read_json(detector_metrics)
-            trained_losses["detector"] = det.get("health") or loss_health(det.get("history", []))
+            trained_losses["detector"] = training_health(read_json(detector_metrics))
         health = health_summary(losses=trained_losses, chance=chance_health(metrics["AP50"], shifted))
         seconds = time.perf_counter() - t
         final = {

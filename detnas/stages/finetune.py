@@ -180,7 +180,6 @@ def run_finetune(
         }
         if dist.is_main:
             print(loss_health_line(metrics["health"]), flush=True)
-        if dist.is_main:
             detector_settings = dict(settings["detector"])
             # the settings, not their resolution: `evaluate` resolves them for the device it runs on
             precision_settings = {"amp": cfg.amp, "channels_last": cfg.channels_last}

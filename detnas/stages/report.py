@@ -12,7 +12,7 @@ import yaml
 from ..formatting import fmt_number
 from ..io import read_json
 from ..tracking import default_tracking_uri
-from .compare import fmt_cell
+from .compare import fmt_cell, health_marker, health_warnings
 from .ranking import summary_lines
 
 __all__ = ["comparison_text", "primary_metric", "run_report"]
@@ -49,7 +49,7 @@ def comparison_text(df: pd.DataFrame, primary: str) -> str:
     if "vs_random_archs" in df:  # the noise yardstick, and whether every training of the row learned
         shown["vs random archs"] = df["vs_random_archs"].fillna("-")
     if "health" in df:
-        shown["health"] = ["ok" if h in ("ok", "-") or h != h else "FLAGGED" for h in df["health"]]
+        shown["health"] = [health_marker(h) for h in df["health"]]
     return shown.map(fmt_cell).to_string(index=False)
 
 
@@ -67,9 +67,8 @@ def run_report(*, experiment: str | None, config: Path, results: Path) -> None:
     print(f"\n{experiment}: test-split metrics of the retrained architectures (primary: {primary}), backbone MFLOPs "
           f"at 224x224, classification top-1\n")
     print(comparison_text(df, primary))
-    for method, health in zip(df["method"], df["health"] if "health" in df else []):
-        if isinstance(health, str) and health not in ("ok", "-"):  # a network that did not learn: say so
-            print(f"HEALTH WARNING: {method}: {health.removeprefix('HEALTH: ')}")
+    for line in health_warnings(df["method"], df["health"] if "health" in df else []):
+        print(line)  # a network that did not learn: say so
     ranking = root / "ranking.json"
     if ranking.is_file():  # does the supernet rank architectures as standalone training does?
         r: dict[str, Any] = read_json(ranking)
