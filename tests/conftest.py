@@ -54,6 +54,17 @@ def det_source(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def test_file(det_source, tmp_path_factory) -> Path:
+    """``det_source``'s test split in the internal format (8 images of 64 px: no large box, so APl
+    is undefined), as the split stage writes test.json; read only."""
+    from detnas.data.coco import prepare_detection
+
+    path = tmp_path_factory.mktemp("det_test") / "test.json"
+    write_json_atomic(prepare_detection(det_source / "instances_test.json", [det_source / "images"]), path)
+    return path
+
+
 TINY_DETECTOR = dict(min_size=64, max_size=64, fpn_channels=16, head_conv_channels=16, head_fc_channels=32,
                      anchor_sizes=[8, 16, 32, 48, 64], rpn_post_nms_top_n_test=50, rpn_pre_nms_top_n_test=100)
 

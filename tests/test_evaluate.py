@@ -15,13 +15,6 @@ from detnas.space import get_space
 from detnas.supernet import Supernet
 
 
-@pytest.fixture(scope="module")
-def test_file(det_source, tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval") / "test.json"
-    write_json_atomic(prepare_detection(det_source / "instances_test.json", [det_source / "images"]), path)
-    return path
-
-
 def _ground_truth_as_outputs(data: DetectionImages):
     return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))} for t in data.targets]
 

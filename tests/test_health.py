@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from conftest import evaluate_found_boxes
 
-from detnas.data.coco import prepare_detection
 from detnas.health import chance_health, health_summary, loss_health, shifted_detections
 from detnas.io import write_json_atomic
 from detnas.stages.compare import run_compare
@@ -49,13 +48,6 @@ def test_summary_names_each_flag():
     assert health["flags"][0].startswith("detector loss rose +29%") and "no better than chance" in health["flags"][1]
     assert health_summary(losses={"classifier": loss_health(FALLING)}, chance=chance_health(0.9, 0.03))["ok"]
     assert not chance_health(None, 0.1)["checked"]
-
-
-@pytest.fixture
-def test_file(det_source, tmp_path):
-    data = prepare_detection(det_source / "instances_test.json", [det_source / "images"])
-    write_json_atomic(data, tmp_path / "test.json")
-    return tmp_path / "test.json"
 
 
 def test_a_detector_that_learned_is_not_flagged(tmp_path, test_file, monkeypatch, capsys):

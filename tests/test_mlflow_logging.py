@@ -10,7 +10,6 @@ import pytest
 from conftest import evaluate_found_boxes
 
 import detnas.stages.evaluate as evaluate_stage
-from detnas.data.coco import prepare_detection
 from detnas.evaluate import COCO_METRICS
 from detnas.io import write_json_atomic
 from detnas.stages.compare import run_compare, summarize_finals
@@ -76,14 +75,6 @@ def test_compare_logs_the_table_the_csv_and_the_plot(tmp_path, store):
     assert logged["data"][0][column("arch")] == "00120312"  # an encoding stays a string, leading zeros and all
     assert logged["data"][2][column("top1")] is None
     assert run.data.metrics["detnas_AP"] == pytest.approx(0.3) and "scratch_top1" not in run.data.metrics
-
-
-@pytest.fixture
-def test_file(det_source, tmp_path):
-    """The synthetic test split: 64 px images, so no large box and APl is undefined."""
-    write_json_atomic(prepare_detection(det_source / "instances_test.json", [det_source / "images"]),
-                      tmp_path / "test.json")
-    return tmp_path / "test.json"
 
 
 def _evaluate(tmp_path, store, test_file, monkeypatch, *, primary, classifier):
