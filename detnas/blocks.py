@@ -27,11 +27,18 @@ def channel_shuffle(x: Tensor) -> tuple[Tensor, Tensor]:
 
     view (B, 2, C/2, H, W) -> transpose to (B, C/2, 2, H, W) -> flatten, so output channel 2i is
     input channel i and 2i+1 is input channel C/2 + i; each half mixes both input halves.
+
+    The result keeps the memory format of ``x``: a ``channels_last`` input (NHWC storage) is
+    shuffled along its last storage axis, so the blocks after it need no layout conversion.
     """
     b, c, h, w = x.shape
     if c % 2:
         raise ValueError(f"channel_shuffle needs an even number of channels, got {c}")
-    x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1).reshape(b, h, w, 2, c // 2).transpose(3, 4).reshape(b, h, w, c)
+        x = nhwc.permute(0, 3, 1, 2)
+    else:
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
     return x[:, : c // 2], x[:, c // 2 :]
 
 

@@ -22,6 +22,32 @@ def test_block_shapes(choice, stride, cin, cout):
     assert y.shape == (2, cout, 16 // stride, 16 // stride)
 
 
+@pytest.mark.parametrize("choice", range(len(CHOICES)))
+@pytest.mark.parametrize("stride, cin, cout", [(1, 32, 32), (2, 16, 48)])
+def test_block_keeps_channels_last(choice, stride, cin, cout):
+    """NHWC in, NHWC out (the shuffle and the concatenation keep the layout), with the same values
+    and gradients as NCHW: no layout conversion between two blocks on a GPU's tensor cores."""
+    torch.manual_seed(0)
+    block = make_block(choice, cin, cout, stride)
+    x = torch.randn(2, cin, 16, 16)
+    y = block(x)
+    y.square().sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    block.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y_cl = block(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y)
+    y_cl.square().sum().backward()
+    assert x_cl.grad.is_contiguous(memory_format=torch.channels_last)
+    for g, p in zip(grads, block.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-3)  # float32 sums over ~10^4 terms, in NHWC order
+    halves = channel_shuffle(x.contiguous(memory_format=torch.channels_last))
+    for got, want in zip(halves, channel_shuffle(x)):
+        assert torch.equal(got, want)
+
+
 def test_stride2_block_projects_all_inputs():
     # the main branch takes all `in` channels and outputs out - in; the projection keeps `in`
     block = make_block(0, 16, 48, 2)
@@ -61,6 +87,17 @@ def test_extract_matches_supernet_path(space_name):
         child.eval()
         with torch.no_grad():
             torch.testing.assert_close(net(x), child(x), rtol=0, atol=0)
+        # in NHWC too: every block's output stays channels_last, and the two still agree
+        for m in (net, child):
+            m.to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            feats = child.features(x_cl)
+            assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
+            torch.testing.assert_close(net(x_cl), child(x_cl), rtol=0, atol=0)
+            torch.testing.assert_close(net(x_cl), net(x), rtol=1e-4, atol=1e-5)
+        for m in (net, child):
+            m.to(memory_format=torch.contiguous_format)
         assert sum(p.numel() for p in child.parameters()) < sum(p.numel() for p in net.parameters())
 
 
