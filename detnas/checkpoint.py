@@ -80,7 +80,8 @@ class Checkpointer:
         self.every = max(1, every)
         self.dist = dist
         self.mlflow_run_id: str | None = None
-        self._rng: dict[str, Any] | None = None
+        self._rng: list[dict[str, Any]] | dict[str, Any] | None = None
+        self.resumed_progress: dict[str, Any] | None = None  # the resumed run's losses since its last row
 
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint if it was made from the same settings and inputs, else None (a stale
@@ -112,25 +113,29 @@ class Checkpointer:
         if scaler is not None:
             scaler.load_state_dict(state["scaler"])
         self._rng = state.get("rng")
+        self.resumed_progress = state.get("progress")
         return state["step"], state["history"]
 
     def restore_rng(self) -> None:
-        """Put torch's random number generators (CPU, and this process's CUDA device) where the
-        resumed checkpoint saved them, so dropout, the augmentation drawn in this process and the
-        detectors' sampling continue as an uninterrupted run would. Called once the data loader has
-        drawn its workers' seed; a no-op after a fresh start. Every rank takes rank 0's state (the ranks
-        seed alike). Loader worker processes (threads > 1) draw their augmentation from seeds of
-        their own, which a checkpoint does not hold: such a resumed run is the same training, not the
-        same numbers."""
+        """Put this rank's torch generators (CPU, and this process's CUDA device) where the resumed
+        checkpoint saved them, so its dropout and a detector's proposal sampling continue as in an
+        uninterrupted run. Called once the data loader has drawn its workers' seed; a no-op after a
+        fresh start. Every rank has its own generators (``distributed.process_seed``) and the
+        checkpoint holds each rank's; the augmentation of an image is seeded by the image's visit
+        (``engine.SeededDraws``), in the loader workers or not, so it needs no saved state."""
         if self._rng is None:
             return
-        torch.set_rng_state(self._rng["cpu"])
-        if self.dist.device.type == "cuda" and self._rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(self._rng["cuda"], self.dist.device)
+        saved = self._rng
+        # one state per rank (a checkpoint of this world size: the world size is in the resume key);
+        # an older checkpoint holds rank 0's only, which every rank then takes
+        mine = saved[self.dist.rank] if isinstance(saved, list) else saved
+        torch.set_rng_state(mine["cpu"])
+        if self.dist.device.type == "cuda" and mine.get("cuda") is not None:
+            torch.cuda.set_rng_state(mine["cuda"], self.dist.device)
         self._rng = None
 
     def rng_state(self) -> dict[str, torch.Tensor | None]:
-        """torch's random number generators now, as ``restore_rng`` takes them back."""
+        """This process's torch generators now, as ``restore_rng`` takes them back."""
         cuda = torch.cuda.get_rng_state(self.dist.device) if self.dist.device.type == "cuda" else None
         return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
@@ -145,11 +150,12 @@ class Checkpointer:
             self.save(step, state_fn)
 
     def save(self, step: int, state_fn: Callable[[], dict[str, Any]]) -> None:
-        """Save now: ``step`` steps are complete. Rank 0 writes ``state_fn()``, the resume key, the
-        MLflow run and its random number generators' state."""
+        """Save now: ``step`` steps are complete (every rank calls it). Rank 0 writes ``state_fn()``,
+        the resume key, the MLflow run and every rank's generator state (gathered here)."""
+        rng = self.dist.all_gather_object(self.rng_state())
         if self.dist.is_main:
             state = state_fn()
-            state.update(step=step, resume_key=self.key, mlflow_run_id=self.mlflow_run_id, rng=self.rng_state())
+            state.update(step=step, resume_key=self.key, mlflow_run_id=self.mlflow_run_id, rng=rng)
             save_checkpoint(state, self.path)
         self.dist.barrier()
 

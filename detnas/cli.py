@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -542,8 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # under torchrun: the log lines of rank 0 only (the others would repeat them); errors name their rank
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    where = f"rank {rank}/{world}: " if world > 1 else ""
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
     except ValueError as exc:  # bad input: one clear line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{where}error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if where:
+            print(f"{where}{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise

@@ -8,7 +8,7 @@ import signal
 import time
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpointer
 from .data.grouping import GroupedBatchSampler
-from .distributed import Dist
+from .distributed import Dist, loader_workers
 from .formatting import fmt_number
 from .precision import Precision
 from .settings import known_keys
@@ -25,7 +25,9 @@ from .space import Arch, SearchSpace
 from .supernet import inactive_modules, set_path
 
 __all__ = [
+    "Draw",
     "InfiniteSampler",
+    "SeededDraws",
     "Preempted",
     "Progress",
     "Schedule",
@@ -132,15 +134,57 @@ class InfiniteSampler(Sampler[int]):
             return np.arange(self.size)
         return np.random.default_rng([self.seed, epoch]).permutation(self.size)
 
-    def __iter__(self) -> Iterator[int]:
+    def draws(self) -> Iterator["Draw"]:
+        """The same stream as ``Draw(index, epoch)`` pairs: which visit of an image each one is."""
         pos = self.start * self.world_size + self.rank
         epoch, order = -1, np.empty(0, dtype=np.int64)
         while True:
             e, offset = divmod(pos, self.size)
             if e != epoch:
                 epoch, order = e, self._order(e)
-            yield int(order[offset])
+            yield Draw(int(order[offset]), e)
             pos += self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return (d.index for d in self.draws())
+
+
+class Draw(NamedTuple):
+    """One visit of dataset image ``index``, in epoch ``epoch`` of the global sample stream."""
+
+    index: int
+    epoch: int
+
+
+class SeededDraws(Dataset):
+    """``dataset`` indexed by ``Draw``: each visit of an image draws its random augmentation (crop,
+    flip, colour jitter factors) from torch's generator seeded by (seed, epoch, index) alone, then
+    the generator of the process is put back as it was.
+
+    Every visit of the global stream belongs to exactly one rank, so the ranks of a multi-GPU run
+    augment differently; and a visit's draws depend neither on the rank, the number of ranks or of
+    loader workers, nor on what the process drew before, so a resumed run draws, image by image,
+    what an uninterrupted one would have.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, draw: Draw) -> Any:
+        index, epoch = draw
+        with torch.random.fork_rng(devices=()):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, np.uint64)[0]))
+            return self.dataset[index]
+
+
+def _loader_worker_init(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM: SLURM (and torchrun) signal every process of a job, and a worker
+    that died of it would crash the training process before it checkpoints. The training process
+    decides when to stop; the workers end with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def training_batches(
@@ -155,24 +199,35 @@ def training_batches(
     group_ids: Sequence[int] | None = None,
 ) -> Iterator[Any]:
     """This rank's endless stream of training batches: ``batch_size`` (global) split over the
-    ranks, continuing after ``start_step`` steps; ``threads - 1`` loader workers per process.
-    ``group_ids`` (one per dataset index, e.g. ``aspect_ratio_groups``): every batch of one group."""
+    ranks, continuing after ``start_step`` steps; ``threads / processes - 1`` loader workers per
+    process (which ignore SIGTERM). ``group_ids`` (one per dataset index, e.g.
+    ``aspect_ratio_groups``): every batch of one group. Each image visit's augmentation is seeded by
+    the visit (``SeededDraws``)."""
     if batch_size % dist.world_size:
         raise ValueError(f"batch_size {batch_size} is not divisible by {dist.world_size} processes")
     per_rank = batch_size // dist.world_size
-    workers = max(0, threads // dist.world_size - 1) if threads else 0
+    workers = loader_workers(threads, dist.world_size)
     common = dict(num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0,
-                  pin_memory=dist.device.type == "cuda")
+                  pin_memory=dist.device.type == "cuda", worker_init_fn=_loader_worker_init if workers else None)
+    seeded = SeededDraws(dataset, seed)
     if group_ids is not None:
         if len(group_ids) != len(dataset):
             raise ValueError(f"{len(group_ids)} group ids for a dataset of {len(dataset)} images")
         # the grouped batches depend on the whole stream before them: replayed from its start
-        stream = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size)
+        stream = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size).draws()
         batches = GroupedBatchSampler(stream, group_ids, per_rank, start=start_step)
-        return iter(DataLoader(dataset, batch_sampler=batches, **common))
+        return iter(DataLoader(seeded, batch_sampler=batches, **common))
     sampler = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size,
                               start=start_step * per_rank)
-    return iter(DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True, **common))
+    return iter(DataLoader(seeded, batch_size=per_rank, sampler=_Draws(sampler), drop_last=True, **common))
+
+
+class _Draws(Sampler[Draw]):
+    def __init__(self, sampler: InfiniteSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[Draw]:
+        return self.sampler.draws()
 
 
 def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:
@@ -201,6 +256,15 @@ class Progress:
     _t0: float = field(default_factory=time.perf_counter)
     _t_start: float = field(default_factory=time.perf_counter)
     _steps_timed: int = 0
+
+    def partial(self) -> dict[str, Any]:
+        """The steps since the last row: what a checkpoint taken between two rows keeps, so that the
+        resumed run's next row averages the same steps as an uninterrupted run's."""
+        return {"sums": dict(self._sums), "count": self._count}
+
+    def restore_partial(self, partial: dict[str, Any] | None) -> None:
+        if partial:
+            self._sums, self._count = dict(partial["sums"]), int(partial["count"])
 
     def logs_at(self, step: int) -> bool:
         """Whether ``update`` of completed step ``step`` (1-based) prints and records a row."""
@@ -296,12 +360,12 @@ def train(
     where ``checkpointer`` saves. The losses of the steps in between stay on the device; at a sync
     step they are read in one transfer (per step: the loss as a mean over the ranks and the named
     terms of this rank, in float64, for ``progress``) and checked: a non-finite loss raises
-    ``FloatingPointError`` naming its step, the steps read with it and its lr. The one collective that
-    checks the ranks hold the same path and asks whether any rank got a SIGTERM runs at the first
-    step and after each sync step, so a SIGTERM stops the run within ``progress.every`` steps (or
-    ``checkpointer.every``, if fewer): the state is saved there and ``Preempted`` raised, and a rerun
-    resumes with the same history an uninterrupted run has. fp16's ``scaler`` still waits once per
-    step (``GradScaler.step`` reads whether the gradients overflowed); bf16 and float32 do not.
+    ``FloatingPointError`` naming its step, the steps read with it and its lr. Before every step one
+    collective on the control group (host memory, so the host does not wait for the device) checks
+    the ranks hold the same path and asks whether any rank got a SIGTERM: a SIGTERM stops the run at
+    the next step, whose state is saved, and ``Preempted`` is raised; a rerun resumes with the same
+    history an uninterrupted run has. fp16's ``scaler`` still waits once per step
+    (``GradScaler.step`` reads whether the gradients overflowed); bf16 and float32 do not.
 
     A checkpoint holds the model (unwrapped), the optimizer, the scaler, ``progress.history`` and the
     random number generators; it is what ``Checkpointer.resume`` loads, and the generators are put
@@ -309,7 +373,8 @@ def train(
     """
 
     def state_fn() -> dict[str, Any]:
-        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "history": progress.history}
+        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "history": progress.history,
+                 "progress": progress.partial()}
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         return state
@@ -317,18 +382,20 @@ def train(
     pending: list[tuple[int, float, Tensor]] = []  # (step, lr, losses on the device) since the last sync step
     names: list[str] = []
     checkpointer.restore_rng()
+    progress.restore_partial(checkpointer.resumed_progress)
     model.train()
     with _StopRequest() as stop:
-        synced = True
         for step in range(start_step, schedule.iterations):
             token = 0
             if path_for_step is not None:
                 arch = path_for_step(step)
                 set_path(model, arch)
                 token = zlib.crc32(str(arch).encode())
-            if synced and dist.agree(token, stop.requested):
+            if dist.agree(token, stop.requested):
+                for done, lr_done, values in _read_losses(pending, names, dist) if pending else []:
+                    progress.update(done + 1, values, lr_done)  # between two rows: kept in the checkpoint
                 checkpointer.save(step, state_fn)
-                print(f"stop requested: checkpointed at step {step}; a rerun resumes from here", flush=True)
+                print(f"stop requested (SIGTERM): checkpointed at step {step}; a rerun resumes from here", flush=True)
                 raise Preempted(step)
             lr = schedule.lr_at(step)
             for group in optimizer.param_groups:
@@ -348,8 +415,7 @@ def train(
             names = list(losses) if len(losses) > 1 else []
             # (1 + named terms,) float64, on the device: read to the host at the next sync step
             pending.append((step, lr, torch.stack([loss.detach().double(), *(losses[k].detach().double() for k in names)])))
-            synced = progress.logs_at(step + 1) or checkpointer.due(step + 1, schedule.iterations)
-            if synced:
+            if progress.logs_at(step + 1) or checkpointer.due(step + 1, schedule.iterations):
                 for done, lr_done, values in _read_losses(pending, names, dist):
                     progress.update(done + 1, values, lr_done)
                 pending.clear()

@@ -26,7 +26,7 @@ __all__ = [
     "detect",
     "detection_results",
     "evaluate_detector",
-    "top1_accuracy",
+    "top1_counts",
 ]
 
 # pycocotools' stats[0..5]
@@ -206,16 +206,17 @@ def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: in
 
 
 @torch.no_grad()
-def top1_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> float:
-    """Fraction of images whose arg-max logit is the label (eval mode; the mode is restored)."""
+def top1_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> tuple[int, int]:
+    """(images whose arg-max logit is the label, images) over ``batches`` (eval mode; the mode is
+    restored)."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in batches:
-        pred = model(x.to(device)).argmax(1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
+    with torch.no_grad():
+        for x, y in batches:
+            pred = model(x.to(device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
     model.train(was_training)
-    if total == 0:
-        raise ValueError("top-1 accuracy of an empty set of images")
-    return correct / total
+    return correct, total
+

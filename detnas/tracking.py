@@ -9,6 +9,11 @@ that run (metrics already logged at a step are not logged again); runs of the sa
 by a killed attempt are ended KILLED when the next attempt starts. A failing job tags its run with
 the error and attaches the tail of its output.
 
+Metrics are written by a background thread: a training step never waits for the tracking store (a
+locked SQLite file, a slow or unreachable server retrying), so rank 0 cannot hold the other ranks of
+a multi-GPU job in their next collective. At the end of the run the thread gets ``_DRAIN_SECONDS`` to
+write what is queued.
+
 The default store is a SQLite file, ``results/mlflow.db``; ``MLFLOW_TRACKING_URI`` in the
 environment (a team's tracking server) overrides it. SQLite allows one writer at a time, so writes
 from the jobs of one machine are serialised with a file lock next to the database, and retried.
@@ -23,9 +28,11 @@ import json
 import logging
 import os
 import posixpath
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -43,6 +50,7 @@ T = TypeVar("T")
 _PARAM_MAX = 6000  # MLflow's limit on a param value's length
 _METRIC_FLUSH_ROWS = 100
 _METRIC_FLUSH_SECONDS = 15.0
+_DRAIN_SECONDS = 120.0  # at the end of a run: how long the metrics still queued may take to be written
 _TAIL_LINES = 200  # of the job's output, attached to a failed run
 _DIED = ("the job ended without reporting back (SIGKILL, out of memory, node failure or a killed Snakemake); "
          "a later attempt of the same job started")
@@ -152,6 +160,8 @@ class StageRun:
         self._client: Any = None
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
+        self._queue: queue.Queue[list[Any] | None] | None = None
+        self._writer: threading.Thread | None = None
         self._warned = False
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -292,13 +302,34 @@ class StageRun:
         self.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))
 
     def flush(self) -> None:
+        """Hand the buffered metrics to the writer thread (the caller does not wait for the store)."""
         if not self._pending or self.run_id is None:
             self._pending = []
             return
         pending, self._pending = self._pending, []
-        for i in range(0, len(pending), 1000):  # log_batch takes at most 1000 metrics
-            self._call("log metrics", lambda chunk=pending[i:i + 1000]: self._client.log_batch(self.run_id, metrics=chunk))
+        if self._queue is None:
+            self._queue = queue.Queue()
+            self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
+            self._writer.start()
+        self._queue.put(pending)
         self._last_flush = time.monotonic()
+
+    def _write_metrics(self) -> None:
+        assert self._queue is not None
+        while (pending := self._queue.get()) is not None:
+            for i in range(0, len(pending), 1000):  # log_batch takes at most 1000 metrics
+                self._call("log metrics", lambda chunk=pending[i:i + 1000]: self._client.log_batch(self.run_id, metrics=chunk))
+
+    def _drain(self) -> None:
+        """Wait (at most ``_DRAIN_SECONDS``) for the writer thread to write what is queued."""
+        if self._writer is None or self._queue is None:
+            return
+        self._queue.put(None)
+        self._writer.join(_DRAIN_SECONDS)
+        if self._writer.is_alive():
+            self._warn(f"MLflow took over {_DRAIN_SECONDS:.0f} s to write the last metrics; results are kept, "
+                       f"the run's curves may lack their last points")
+        self._writer = self._queue = None
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.run_id is None:
@@ -355,6 +386,7 @@ class StageRun:
         if self.run_id is None:
             return
         self.flush()
+        self._drain()
         if exc_type is None:
             status = "FINISHED"
         elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # SIGTERM (preemption, scancel), Ctrl-C

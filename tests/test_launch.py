@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from detnas.launch import launch_argv
+from detnas.launch import SHUTDOWN_SECONDS, launch_argv
 from workflow import make_workdir, snakemake
 
 
@@ -15,7 +15,8 @@ def test_launch_line_for_two_gpus_is_one_torchrun():
     argv = launch_argv(2, ["finetune", "--settings", "{}"])
     assert Path(argv[0]).name == "torchrun" or argv[1:3] == ["-m", "torch.distributed.run"]
     i = 1 if Path(argv[0]).name == "torchrun" else 3
-    assert argv[i:i + 5] == ["--standalone", "--nproc_per_node=2", "-m", "detnas", "finetune"]
+    assert argv[i:i + 6] == ["--standalone", "--nproc_per_node=2", f"--shutdown-timeout={SHUTDOWN_SECONDS}",
+                             "-m", "detnas", "finetune"]
     assert launch_argv(0, ["finetune"]) == [sys.executable, "-m", "detnas", "finetune"]
     assert launch_argv(1, ["finetune"]) == [sys.executable, "-m", "detnas", "finetune"]
 

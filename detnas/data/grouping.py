@@ -9,7 +9,7 @@ the padding to a few per cent; ``benchmarks/input_pipeline.py`` measures it on a
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from torch.utils.data import Sampler
 
@@ -27,9 +27,10 @@ def aspect_ratio_groups(sizes: Iterable[tuple[int, int]]) -> list[int]:
     return groups
 
 
-class GroupedBatchSampler(Sampler[list[int]]):
+class GroupedBatchSampler(Sampler[list[Any]]):
     """Batches of ``batch_size`` dataset indices, every batch from one group, out of an endless
-    stream of indices (e.g. ``engine.InfiniteSampler``).
+    stream of indices (e.g. ``engine.InfiniteSampler``), or of ``(index, ...)`` tuples such as its
+    ``draws()``, which are batched as they come.
 
     Indices are taken in stream order into one buffer per group (``group_ids[index]``); a buffer
     that reaches ``batch_size`` is emitted as a batch. So every index of the stream is emitted
@@ -40,7 +41,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
     replay is index arithmetic, about a second per million indices).
     """
 
-    def __init__(self, indices: Iterable[int], group_ids: Sequence[int], batch_size: int, *, start: int = 0) -> None:
+    def __init__(self, indices: Iterable[Any], group_ids: Sequence[int], batch_size: int, *, start: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if start < 0:
@@ -50,14 +51,15 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.indices, self.group_ids = indices, list(group_ids)
         self.batch_size, self.start = batch_size, start
 
-    def __iter__(self) -> Iterator[list[int]]:
-        buffers: dict[int, list[int]] = {}
+    def __iter__(self) -> Iterator[list[Any]]:
+        buffers: dict[int, list[Any]] = {}
         emitted = 0
-        for index in self.indices:
-            buffer = buffers.setdefault(self.group_ids[index], [])
-            buffer.append(index)
+        for item in self.indices:
+            group = self.group_ids[item[0] if isinstance(item, tuple) else item]
+            buffer = buffers.setdefault(group, [])
+            buffer.append(item)
             if len(buffer) == self.batch_size:
-                del buffers[self.group_ids[index]]
+                del buffers[group]
                 if emitted >= self.start:
                     yield buffer
                 emitted += 1

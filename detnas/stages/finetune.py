@@ -13,7 +13,7 @@ import torch
 from ..data.coco import DetectionDataset, collate_detection
 from ..data.grouping import aspect_ratio_groups
 from ..detectors import DetectorSettings, backbone_body, build_detector
-from ..distributed import init_distributed, set_threads
+from ..distributed import init_distributed, loader_workers, process_seed, set_threads
 from ..checkpoint import Checkpointer
 from ..engine import (
     Progress,
@@ -103,7 +103,7 @@ def run_finetune(
     schedule = cfg.schedule.scaled(cfg.schedule_factor) if cfg.schedule_factor != 1 else cfg.schedule
     dist = init_distributed(device)
     precision = Precision.resolve(cfg.amp, cfg.channels_last, dist.device)
-    set_threads(threads, dist.world_size)
+    set_threads(threads, dist.world_size, workers=loader_workers(threads, dist.world_size))
     space = get_space(cfg.space)
     fixed = space.parse(arch) if arch else None
     torch.manual_seed(cfg.seed)
@@ -114,6 +114,9 @@ def run_finetune(
         load_classification_weights(body, init)
     model = build_detector(body, num_classes=dataset.num_classes, settings=cfg.detector).to(dist.device)
     precision.prepare(model)
+    # the same initial weights on every rank (seed above); from here each rank draws its own numbers
+    # (RPN and ROI sampling), and each image visit its own flip (engine.SeededDraws)
+    torch.manual_seed(process_seed(cfg.seed, dist.rank))
 
     optimizer = make_sgd(model, schedule)
     scaler = precision.grad_scaler()
@@ -130,8 +133,9 @@ def run_finetune(
                                  for i in dataset.image_ids)
     batches = training_batches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start, dist=dist,
                                threads=threads, collate_fn=collate_detection, group_ids=groups)
-    # BN statistics over the whole batch of every GPU (SyncBatchNorm), as the paper fine-tunes detectors
-    wrapped = dist.wrap(model, find_unused_parameters=True, sync_batchnorm=True)
+    # BN statistics over the whole batch of every GPU (SyncBatchNorm), as the paper fine-tunes detectors;
+    # only the supernet leaves parameters unused (the choices off the step's path)
+    wrapped = dist.wrap(model, find_unused_parameters=fixed is None, sync_batchnorm=True)
 
     def step_losses(batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
         images, targets = batch

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data.classification import (
     ClassificationDataset,
@@ -17,7 +17,7 @@ from ..data.classification import (
     normalize_images,
     train_augmentation,
 )
-from ..distributed import init_distributed, set_threads
+from ..distributed import Dist, init_distributed, loader_workers, process_seed, set_threads
 from ..checkpoint import Checkpointer
 from ..engine import (
     Progress,
@@ -27,7 +27,7 @@ from ..engine import (
     training_batches,
     uniform_path,
 )
-from ..evaluate import top1_accuracy
+from ..evaluate import top1_counts
 from ..formatting import fmt_number
 from ..health import loss_health, loss_health_line
 from ..io import read_json, save_checkpoint, write_json_atomic
@@ -89,7 +89,7 @@ def run_pretrain(
     cfg = ClassificationSettings.from_dict(settings)
     dist = init_distributed(device)
     precision = Precision.resolve(cfg.amp, cfg.channels_last, dist.device)
-    set_threads(threads, dist.world_size)
+    set_threads(threads, dist.world_size, workers=loader_workers(threads, dist.world_size))
     space = get_space(cfg.space)
     split = read_json(split_file)
     classes = split["classes"]
@@ -101,6 +101,13 @@ def run_pretrain(
         fixed = space.parse(arch)
         model = SinglePathNet(space, fixed, num_classes=len(classes), dropout=cfg.dropout)
     precision.prepare(model.to(dist.device))
+    # the same initial weights on every rank (seed above); from here each rank draws its own numbers
+    # (dropout), and each image visit its own augmentation (engine.SeededDraws)
+    torch.manual_seed(process_seed(cfg.seed, dist.rank))
+    if dist.device.type == "cuda":
+        # every batch has the same shape: cuDNN's autotuning of a convolution pays from its second use
+        # (a supernet meets each choice's few shapes within its first steps)
+        torch.backends.cudnn.benchmark = True
 
     # the supernet leaves ClsNAS's held-out images alone (they score its paths); a final network
     # trains on the whole training set, as the paper's do. Workers decode, crop and flip uint8
@@ -170,16 +177,7 @@ def run_pretrain(
             print(loss_health_line(metrics["health"]), flush=True)
         val_root = val_root or (Path(split["val_root"]) if split.get("val_root") else None)
         if fixed is not None and val_root is not None:
-            # uint8 images from the loader, normalized batch by batch on the device
-            val = ClassificationDataset(
-                val_root, transform=classification_transforms(train=False, image_size=cfg.image_size, normalize=False),
-                decode="tensor",
-            )
-            val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, pin_memory=dist.device.type == "cuda")
-            val_batches = ((precision.images(normalize_images(x.to(dist.device, non_blocking=True))), y)
-                           for x, y in val_loader)
-            with precision.autocast():
-                metrics["top1"] = top1_accuracy(model, val_batches, dist.device)
+            metrics["top1"] = _top1(model, val_root, cfg, precision, dist, threads)
             print(f"top-1 on {val_root}: {fmt_number(metrics['top1'])}", flush=True)
             run.log_metrics({"top1": metrics["top1"]}, cfg.schedule.iterations)
         if dist.is_main:
@@ -195,3 +193,25 @@ def run_pretrain(
             checkpointer.remove()
     dist.barrier()
     dist.close()
+
+
+def _top1(model: nn.Module, val_root: Path, cfg: ClassificationSettings, precision: Precision, dist: Dist,
+          threads: int) -> float:
+    """Top-1 of ``model`` on ``val_root``: each rank classifies its share of the images (every
+    ``world_size``-th), with the job's loader workers; the counts are summed over the ranks."""
+    # uint8 images from the loader, normalized batch by batch on the device
+    val = ClassificationDataset(
+        val_root, transform=classification_transforms(train=False, image_size=cfg.image_size, normalize=False),
+        decode="tensor",
+    )
+    share = Subset(val, range(dist.rank, len(val), dist.world_size))
+    loader = DataLoader(share, batch_size=cfg.eval_batch_size, num_workers=loader_workers(threads, dist.world_size),
+                        pin_memory=dist.device.type == "cuda")
+    batches = ((precision.images(normalize_images(x.to(dist.device, non_blocking=True))), y) for x, y in loader)
+    with precision.autocast():
+        correct, total = top1_counts(model, batches, dist.device)
+    counts = dist.sum_over_ranks(torch.tensor([correct, total], dtype=torch.float64, device=dist.device))
+    correct, total = (int(v) for v in counts.tolist())
+    if total == 0:
+        raise ValueError(f"top-1 accuracy of an empty set of images ({val_root})")
+    return correct / total

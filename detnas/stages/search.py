@@ -8,6 +8,9 @@ parallel: rank r scores candidates r, r + w, ...; results are gathered on rank 0
 appended to ``scores.jsonl`` in the checkpoint folder as soon as it is known and the EA state is
 saved after every generation, so a killed search resumes without re-scoring anything; that state is
 kept only while the settings and the content of the supernet and annotation files are the same.
+The generations' broadcasts and gathers go over the gloo control group (``distributed``), whose
+timeout is set for a rank that waits for another's whole candidate. A rank that fails exits at once
+(no collective after its error), and torchrun ends the others.
 """
 
 from __future__ import annotations
@@ -169,13 +172,13 @@ def run_search_stage(
         dist.close()
         return
 
-    try:
-        _lead(s, settings, space, scorer, dist, precision, inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
-              checkpoint_dir=checkpoint_dir, mlflow=mlflow,
-              arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
-    finally:
-        dist.broadcast_object(None)  # release the workers, also when rank 0 failed
-        dist.close()
+    # on failure no collective: the other ranks may be inside a generation's gather, and a broadcast
+    # they do not expect would hang the job; the launcher ends them once this process exits
+    _lead(s, settings, space, scorer, dist, precision, inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
+          checkpoint_dir=checkpoint_dir, mlflow=mlflow,
+          arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
+    dist.broadcast_object(None)  # release the workers
+    dist.close()
 
 
 def _lead(

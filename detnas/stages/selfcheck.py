@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..distributed import init_distributed
+from ..distributed import init_distributed, timeout_minutes
 from ..io import write_json_atomic
 from ..precision import Precision
 
@@ -26,8 +26,8 @@ def run_selfcheck(*, out: Path | None, expect_processes: int | None, device: str
     """Gather every rank's view on rank 0, print it, write it as JSON; 1 if it is not as expected.
 
     Each rank also reports what the ``amp`` and ``channels_last`` settings resolve to on its device
-    (``amp``: bf16, fp16 or off; ``memory_format``: channels_last or contiguous) and, on CUDA, the GPU's
-    name and whether it computes bf16 natively."""
+    (``amp``: bf16, fp16 or off; ``memory_format``: channels_last or contiguous), the timeout of its
+    collectives and, on CUDA, the GPU's name and whether it computes bf16 natively."""
     dist = init_distributed(device)
     precision = Precision.resolve(amp, channels_last, dist.device)
     cuda = dist.device.type == "cuda"
@@ -38,6 +38,7 @@ def run_selfcheck(*, out: Path | None, expect_processes: int | None, device: str
         "native_bf16": torch.cuda.is_bf16_supported(including_emulation=False) if cuda else None,
         **precision.describe(),
         "cuda_devices": torch.cuda.device_count(), "threads": torch.get_num_threads(),
+        "timeout_minutes": timeout_minutes(),  # of the process group's collectives
         **{k: os.environ.get(k) for k in _SLURM_VARS},
     }
     ranks = dist.all_gather_object(mine)
@@ -58,7 +59,8 @@ def run_selfcheck(*, out: Path | None, expect_processes: int | None, device: str
     for r in ranks:
         gpu = f" ({r['gpu']})" if r["gpu"] else ""
         print(f"  rank {r['rank']} (local {r['local_rank']}) on {r['host']} pid {r['pid']}: {r['device']}{gpu}, "
-              f"amp {r['amp']}, {r['memory_format']}, {r['threads']} threads, "
+              f"amp {r['amp']}, {r['memory_format']}, {r['threads']} threads, collectives time out after "
+              f"{r['timeout_minutes']:g} min, "
               f"CUDA_VISIBLE_DEVICES={r['CUDA_VISIBLE_DEVICES']}")
     for p in problems:
         print(f"PROBLEM: {p}")
