@@ -4,9 +4,14 @@ R-CNN + FPN, 800 px short side), each in fp32 and bf16 autocast, contiguous and 
 the classification data loader alone (JPEG decode + augmentation of generated 500x375 JPEGs on the
 loader workers), to say whether it can feed the model.
 
-Images/s are per device (one process), after warm-up steps, with the device synchronised before
-the clock stops; every step samples a new random path, as training does. Prints one table naming
-the device.
+Images/s are per device (one process), with the device synchronised before the clock stops; every
+timed step samples a new random path, as training does. Before the clock starts, every block choice
+has run (one path of each choice everywhere, then two random paths), so no timed step pays for
+the first use of a kernel or, where the stage enables it, cuDNN's autotuning of a new shape: as the
+stages do, pre-training rows run with ``cudnn.benchmark`` (its batches have one shape) and fine-tuning
+rows without (each batch's image size differs). The loader row is the stages' own loader
+(``engine.training_batches``: per-visit seeded augmentation, workers that ignore SIGTERM) and says
+how many images/s one worker delivers, which is how the SLURM profile's CPUs per GPU were chosen.
 
     python benchmarks/gpu_throughput.py [--steps 20] [--cls-batch 128] [--det-batch 4] [--workers 8]
 
@@ -25,11 +30,12 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
+from detnas.blocks import CHOICES
 from detnas.data.classification import ClassificationDataset, train_augmentation
 from detnas.detectors import DetectorSettings, build_detector
-from detnas.engine import uniform_path
+from detnas.distributed import Dist
+from detnas.engine import training_batches, uniform_path
 from detnas.precision import Precision
 from detnas.space import get_space
 from detnas.supernet import Supernet, set_path
@@ -54,6 +60,16 @@ def _precision(device: torch.device, precision: str, memory_format: str) -> Prec
     return Precision.resolve({"fp32": "off", "bf16": "bf16"}[precision], memory_format == "channels_last", device)
 
 
+def _path(space, i: int):
+    """Step ``i``'s path: first one path of each choice in every block (warm-up), then random ones."""
+    if i < len(CHOICES):
+        return space.parse(str(i) * space.num_blocks)
+    return uniform_path(space, 0, i)
+
+
+WARMUP = len(CHOICES) + 2
+
+
 def _timed(step: Callable[[int], None], *, warmup: int, steps: int, device: torch.device) -> float:
     """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
     for i in range(warmup):
@@ -67,10 +83,11 @@ def _timed(step: Callable[[int], None], *, warmup: int, steps: int, device: torc
 
 
 def pretrain_rate(device: torch.device, precision: str, memory_format: str, *, batch: int, steps: int,
-                  warmup: int = 3) -> float:
+                  warmup: int = WARMUP) -> float:
     """Images/s of supernet pre-training steps (forward, backward, SGD) on random 224 px batches."""
     space = get_space("small")
     p = _precision(device, precision, memory_format)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the pretrain stage: one batch shape
     model = p.prepare(Supernet(space, num_classes=1000).to(device))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
     x = p.images(torch.randn(batch, 3, 224, 224, device=device))
@@ -78,7 +95,7 @@ def pretrain_rate(device: torch.device, precision: str, memory_format: str, *, b
     loss_fn = nn.CrossEntropyLoss()
 
     def step(i: int) -> None:
-        set_path(model, uniform_path(space, 0, i))
+        set_path(model, _path(space, i))
         with p.autocast():
             loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -89,11 +106,12 @@ def pretrain_rate(device: torch.device, precision: str, memory_format: str, *, b
 
 
 def finetune_rate(device: torch.device, precision: str, memory_format: str, *, batch: int, steps: int,
-                  warmup: int = 2) -> float:
+                  warmup: int = WARMUP) -> float:
     """Images/s of detection fine-tuning steps of the supernet (Faster R-CNN + FPN, the paper's
     detector sizes) on random 800x1067 images with 5 boxes each."""
     space = get_space("small")
     p = _precision(device, precision, memory_format)
+    torch.backends.cudnn.benchmark = False  # as the finetune stage: image sizes vary from batch to batch
     model = build_detector(Supernet(space), num_classes=80, settings=DetectorSettings())
     model = p.prepare(model.to(device)).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
@@ -104,7 +122,7 @@ def finetune_rate(device: torch.device, precision: str, memory_format: str, *, b
     targets = [{"boxes": b.to(device), "labels": torch.randint(1, 81, (5,), generator=g).to(device)} for b in boxes]
 
     def step(i: int) -> None:
-        set_path(model, uniform_path(space, 0, i))
+        set_path(model, _path(space, i))
         with p.autocast():
             loss = sum(model(images, targets).values())
         opt.zero_grad(set_to_none=True)
@@ -116,13 +134,12 @@ def finetune_rate(device: torch.device, precision: str, memory_format: str, *, b
 
 def loader_rate(root: Path, *, workers: int, batch: int, batches: int, device: torch.device) -> float:
     """Images/s the classification training loader delivers (decode, crop, flip, jitter draws in
-    ``workers`` processes; jitter and normalization of each batch on ``device``)."""
+    ``workers`` processes; jitter and normalization of each batch on ``device``): the pretrain
+    stage's own ``training_batches``, as one process of a job with ``workers + 1`` CPUs runs it."""
     augment = train_augmentation(224)
     data = ClassificationDataset(root, transform=augment.sample, decode="tensor")
-    sampler = torch.utils.data.RandomSampler(data, replacement=True, num_samples=batch * (batches + 2))
-    loader = DataLoader(data, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-    it = iter(loader)
+    it = training_batches(data, batch_size=batch, seed=0, start_step=0, dist=Dist(0, 1, 0, device),
+                          threads=workers + 1)
     for _ in range(2):  # workers started, first batches in flight
         next(it)
     t = time.perf_counter()
@@ -148,8 +165,6 @@ def main() -> None:
     steps = args.steps or (20 if cuda else 3)
     cls_batch = args.cls_batch or (128 if cuda else 16)
     det_batch = args.det_batch or (4 if cuda else 1)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     print(f"device: {_device_name(device)}")
     print(f"{steps} timed steps per row; pre-training batch {cls_batch} at 224 px; fine-tuning {det_batch} "
           f"image(s) of 800x1067 per step\n")
@@ -179,9 +194,10 @@ def main() -> None:
             path.rename(Path(tmp) / f"class{i % 4}" / path.name)
         rate = loader_rate(Path(tmp), workers=args.workers, batch=cls_batch, batches=max(8, steps), device=device)
     best = max(v for k, v in rates.items() if k.startswith("supernet"))
-    verdict = "feeds it" if rate >= best else f"too slow: ~{best / rate * args.workers:.0f} workers needed"
-    print(f"\ndata loader alone ({args.workers} workers, decode + augmentation of 500x375 JPEGs): {rate:.1f} images/s; "
-          f"fastest pre-training row {best:.1f} images/s: {verdict}")
+    per_worker = rate / max(1, args.workers)
+    verdict = "feeds it" if rate >= best else f"too slow: ~{best / per_worker:.0f} workers needed"
+    print(f"\ndata loader alone ({args.workers} workers, decode + augmentation of 500x375 JPEGs): {rate:.1f} images/s "
+          f"({per_worker:.1f} per worker); fastest pre-training row {best:.1f} images/s: {verdict}")
 
 
 if __name__ == "__main__":

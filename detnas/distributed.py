@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_TIMEOUT_MINUTES", "Dist", "init_distributed", "loader_workers", "process_seed", "set_threads", "timeout_minutes"]
+__all__ = ["DEFAULT_TIMEOUT_MINUTES", "Dist", "init_distributed", "loader_workers", "process_seed", "set_threads", "timeout_minutes",
+           "workers_line"]
 
 DEFAULT_TIMEOUT_MINUTES = 60.0
 _TIMEOUT_VAR = "DETNAS_DIST_TIMEOUT_MINUTES"
@@ -174,6 +175,12 @@ def loader_workers(threads: int | None, world_size: int = 1) -> int:
     """Data-loader worker processes per training process: its share of the job's ``threads`` CPUs
     (shared among the processes of this node) less one, its own."""
     return max(0, threads // _local_processes(world_size) - 1) if threads else 0
+
+
+def workers_line(threads: int | None, world_size: int = 1) -> str:
+    """E.g. "3 loader workers per process": what a training log says it feeds each process with."""
+    n = loader_workers(threads, world_size)
+    return f"{n} loader worker{'' if n == 1 else 's'} per process"
 
 
 def set_threads(threads: int | None, world_size: int = 1, *, workers: int = 0) -> None:

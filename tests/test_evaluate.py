@@ -1,10 +1,12 @@
 import contextlib
+import os
 import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import evaluate_found_boxes
 from pycocotools.coco import COCO
 
 from detnas.data.coco import prepare_detection
@@ -151,3 +153,19 @@ def test_sparse_category_ids_round_trip(tmp_path, det_source):
     assert images.category_ids == sorted(remap.values())
     results = detection_results(_ground_truth_as_outputs(images), images.image_ids, images.category_ids)
     assert coco_box_metrics(images.coco, results)["AP"] == pytest.approx(1.0)
+
+
+def test_final_records_the_precision_of_training_and_evaluation(tmp_path, test_file, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    bf16 = {"amp": "bf16", "memory_format": "channels_last"}
+    final, _ = evaluate_found_boxes(tmp_path, test_file, monkeypatch, primary="AP",
+                                    mlflow={"experiment": "precision-record", "run_name": "evaluate"},
+                                    classifier={"num_classes": 8, "top1": 0.9, "precision": bf16},
+                                    detector_metrics={"history": [], "precision": bf16})
+    assert final["precision"] == {"amp": "off", "memory_format": "contiguous"}  # this evaluation, on a CPU
+    assert final["trained_precision"] == {"classifier": bf16, "detector": bf16}
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("precision-record").experiment_id])
+    assert run.data.tags["precision"] == ("evaluated off contiguous; classifier trained bf16 channels_last; "
+                                          "detector trained bf16 channels_last")

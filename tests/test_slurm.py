@@ -110,15 +110,20 @@ def test_micro_target_runs_on_slurm(tmp_path, capsys):
 
 
 def test_cancelled_training_job_is_resubmitted_and_resumes(tmp_path, capsys):
-    """scancel of a running pre-training job: the profile's `retries` resubmit it, it resumes."""
+    """scancel of a running pre-training job with a loader worker: SLURM sends SIGTERM to every process
+    of the job, the job checkpoints at the step it reached (no periodic checkpoint exists) and
+    exits; the profile's `retries` resubmit it, and it resumes from that step."""
     wd = make_workdir(tmp_path / "wd")
     iterations = 1000  # ~30 s of pre-training on this machine: time to cancel it mid-run
     edit_config(wd, "schedule: {iterations: 10, lr: 0.05", f"schedule: {{iterations: {iterations}, lr: 0.05")
+    edit_config(wd, "checkpoint_every: 5", "checkpoint_every: 100000")  # only the SIGTERM's checkpoint
     target = "results/pretrain/micro/supernet.pt"
-    checkpoint = wd / "results/pretrain/micro/checkpoints/last.pt"
+    log_file = wd / "results/logs/pretrain_supernet/micro.log"
     out_path = tmp_path / "snakemake.out"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{wd}/results/mlflow.db"}
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", *TEST_FLAGS, target]
+    # 2 CPUs for the job (--cpus-per-task=2): the training process and one loader worker
+    flags = ("--max-threads", "2", *TEST_FLAGS[2:])
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", *flags, target]
     with open(out_path, "w") as out:
         sm = subprocess.Popen(cmd, cwd=wd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     cancelled = None
@@ -127,12 +132,12 @@ def test_cancelled_training_job_is_resubmitted_and_resumes(tmp_path, capsys):
         while cancelled is None and sm.poll() is None and time.monotonic() < deadline:
             for jobid, state, comment, workdir in _squeue():
                 if (_same_dir(workdir, wd) and comment == "rule_pretrain_supernet_wildcards_micro"
-                        and state == "RUNNING" and checkpoint.exists()):
+                        and state == "RUNNING" and log_file.exists() and f"step 100/{iterations}" in log_file.read_text()):
                     subprocess.run(["scancel", jobid], check=True, timeout=30)
                     cancelled = jobid
                     break
             time.sleep(0.5)
-        assert cancelled, f"never saw pretrain_supernet running with a checkpoint:\n{out_path.read_text()[-3000:]}"
+        assert cancelled, f"never saw pretrain_supernet running past step 100:\n{out_path.read_text()[-3000:]}"
         rc = sm.wait(timeout=max(60, deadline + 300 - time.monotonic()))
     finally:
         if sm.poll() is None:
@@ -154,8 +159,10 @@ def test_cancelled_training_job_is_resubmitted_and_resumes(tmp_path, capsys):
     assert len(pretrain_jobs) == 2, [m.group(0) for m in pretrain_jobs]  # the cancelled one and its retry
     assert re.search(rf"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'", text), text[-4000:]
 
-    log = (wd / "results/logs/pretrain_supernet/micro.log").read_text()
-    assert "resuming from" in log, log[-3000:]
+    log = log_file.read_text()
+    resumed = re.search(r"resuming from \S+ at step (\d+)", log)
+    assert resumed and int(resumed.group(1)) >= 100, log[-3000:]  # the SIGTERM's checkpoint
+    assert "1 loader worker" in log, log[:2000]
     _report(capsys, "pretrain_supernet log of the retry", [line for line in log.splitlines() if "resuming from" in line])
     metrics = json.loads((wd / "results/pretrain/micro/metrics.json").read_text())
     assert metrics["history"][-1]["step"] == iterations

@@ -138,8 +138,13 @@ def run_evaluate(
         shifted = coco_box_metrics(data.coco, shifted_detections(results, data.image_ids), data.image_ids,
                                    by_size=False)["AP50"]
         trained_losses = {"classifier": training_health(cls)}
+        # what the networks were trained with (amp: auto is bf16 on a CUDA card with native bf16, a
+        # departure from the paper's fp32: METHOD.md), next to what this evaluation ran in
+        trained = {"classifier": cls.get("precision")}
         if detector_metrics is not None:
-            trained_losses["detector"] = training_health(read_json(detector_metrics))
+            det = read_json(detector_metrics)
+            trained_losses["detector"] = training_health(det)
+            trained["detector"] = det.get("precision")
         health = health_summary(losses=trained_losses, chance=chance_health(metrics["AP50"], shifted))
         seconds = time.perf_counter() - t
         final = {
@@ -152,6 +157,7 @@ def run_evaluate(
             "classifier_params_m": table.classifier_params(arch, cls["num_classes"]) / 1e6,
             "test_images": len(data),
             "precision": precision.describe(),
+            "trained_precision": trained,
             **metrics,
             "primary_metric": primary_metric,
             "primary_value": metrics[primary_metric],
@@ -168,7 +174,8 @@ def run_evaluate(
                 f"{info.get('experiment')} {info.get('method')}: {arch} on the test split, AP50 "
                 f"{fmt_number(metrics['AP50'])}, AP {fmt_number(metrics['AP'])}"))
         run.log_metrics(_tracked(final), 0)
-        run.set_tags({"arch": str(arch), "health": "ok" if health["ok"] else "; ".join(health["flags"])})
+        run.set_tags({"arch": str(arch), "health": "ok" if health["ok"] else "; ".join(health["flags"]),
+                      "precision": _precision_tag(precision.describe(), trained)})
         write_json_atomic(final, out)
         run.log_artifacts(out, *([pictures] if pictures is not None else []))
     shown = [primary_metric, *(k for k in PRIMARY_METRICS if k in metrics and k != primary_metric)]
@@ -180,3 +187,11 @@ def run_evaluate(
     if health["ok"]:
         print(f"health: ok (AP50 {fmt_number(metrics['AP50'])} against {fmt_number(shifted)} at chance; "
               f"no training loss rose at the end)", flush=True)
+
+
+def _precision_tag(evaluated: dict[str, str], trained: dict[str, dict[str, str] | None]) -> str:
+    """E.g. "evaluated bf16 channels_last; classifier trained bf16 channels_last, detector ..."."""
+    def words(p: dict[str, str] | None) -> str:
+        return "unknown" if not p else f"{p['amp']} {p['memory_format']}"
+
+    return "; ".join([f"evaluated {words(evaluated)}", *(f"{k} trained {words(v)}" for k, v in trained.items())])

@@ -13,7 +13,7 @@ import torch
 from ..data.coco import DetectionDataset, collate_detection
 from ..data.grouping import aspect_ratio_groups
 from ..detectors import DetectorSettings, backbone_body, build_detector
-from ..distributed import init_distributed, loader_workers, process_seed, set_threads
+from ..distributed import init_distributed, loader_workers, process_seed, set_threads, workers_line
 from ..checkpoint import Checkpointer
 from ..engine import (
     Progress,
@@ -160,7 +160,8 @@ def run_finetune(
         )
         print(f"finetune {cfg.detector.name} {kind} from {init_name}: {len(dataset)} images, "
               f"{dataset.num_classes} classes, {dist.world_size} process(es) on {dist.device} (amp {precision.amp}, "
-              f"{precision.memory_format}), {schedule.iterations} iterations of {cfg.batch_size} images", flush=True)
+              f"{precision.memory_format}), {schedule.iterations} iterations of {cfg.batch_size} images, "
+              f"{workers_line(threads, dist.world_size)}", flush=True)
         train(
             model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=schedule,
             start_step=start, progress=progress, checkpointer=checkpointer,

@@ -17,7 +17,7 @@ from ..data.classification import (
     normalize_images,
     train_augmentation,
 )
-from ..distributed import Dist, init_distributed, loader_workers, process_seed, set_threads
+from ..distributed import Dist, init_distributed, loader_workers, process_seed, set_threads, workers_line
 from ..checkpoint import Checkpointer
 from ..engine import (
     Progress,
@@ -152,7 +152,8 @@ def run_pretrain(
         )
         print(f"pretrain {kind}: {len(dataset)} images, {len(classes)} classes, {dist.world_size} process(es) "
               f"on {dist.device} (amp {precision.amp}, {precision.memory_format}), {cfg.schedule.iterations} "
-              f"iterations of {cfg.batch_size} images", flush=True)
+              f"iterations of {cfg.batch_size} images, "
+              f"{workers_line(threads, dist.world_size)}", flush=True)
         train(
             model=wrapped, step_losses=step_losses, batches=batches, optimizer=optimizer, schedule=cfg.schedule,
             start_step=start, progress=progress, checkpointer=checkpointer,
