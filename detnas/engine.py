@@ -219,15 +219,7 @@ def training_batches(
         return iter(DataLoader(seeded, batch_sampler=batches, **common))
     sampler = InfiniteSampler(len(dataset), seed=seed, rank=dist.rank, world_size=dist.world_size,
                               start=start_step * per_rank)
-    return iter(DataLoader(seeded, batch_size=per_rank, sampler=_Draws(sampler), drop_last=True, **common))
-
-
-class _Draws(Sampler[Draw]):
-    def __init__(self, sampler: InfiniteSampler) -> None:
-        self.sampler = sampler
-
-    def __iter__(self) -> Iterator[Draw]:
-        return self.sampler.draws()
+    return iter(DataLoader(seeded, batch_size=per_rank, sampler=sampler.draws(), drop_last=True, **common))
 
 
 def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:

@@ -212,11 +212,9 @@ def top1_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], devi
     was_training = model.training
     model.eval()
     correct = total = 0
-    with torch.no_grad():
-        for x, y in batches:
-            pred = model(x.to(device)).argmax(1).cpu()
-            correct += int((pred == y).sum())
-            total += len(y)
+    for x, y in batches:
+        pred = model(x.to(device)).argmax(1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
     model.train(was_training)
     return correct, total
-

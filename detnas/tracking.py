@@ -309,14 +309,14 @@ class StageRun:
         pending, self._pending = self._pending, []
         if self._queue is None:
             self._queue = queue.Queue()
-            self._writer = threading.Thread(target=self._write_metrics, name="mlflow-metrics", daemon=True)
+            self._writer = threading.Thread(target=self._write_metrics, args=(self._queue,), name="mlflow-metrics",
+                                            daemon=True)
             self._writer.start()
         self._queue.put(pending)
         self._last_flush = time.monotonic()
 
-    def _write_metrics(self) -> None:
-        assert self._queue is not None
-        while (pending := self._queue.get()) is not None:
+    def _write_metrics(self, batches: queue.Queue[list[Any] | None]) -> None:
+        while (pending := batches.get()) is not None:
             for i in range(0, len(pending), 1000):  # log_batch takes at most 1000 metrics
                 self._call("log metrics", lambda chunk=pending[i:i + 1000]: self._client.log_batch(self.run_id, metrics=chunk))
 
