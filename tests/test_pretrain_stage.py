@@ -67,7 +67,7 @@ def _wait_for(predicate, timeout=120.0):
 
 
 def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
-    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 60}}
     args = pretrain_args(cls_split, tmp_path, settings)
     with open(tmp_path / "first.log", "w") as log:
         proc = _start(args, log)
@@ -78,14 +78,14 @@ def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "metrics.json").exists()
     saved = torch.load(ckpt, weights_only=True)["step"]
-    assert 10 <= saved < 150
+    assert 10 <= saved < 60
     second = run_detnas(*args)
     assert f"resuming from {ckpt} at step" in second.stdout
     resumed_at = int(second.stdout.split("at step ")[1].split()[0])
     assert resumed_at >= saved
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     steps = [r["step"] for r in metrics["history"]]
-    assert steps[-1] == 150 and steps == sorted(set(steps))  # same step count, no step logged twice
+    assert steps[-1] == 60 and steps == sorted(set(steps))  # same step count, no step logged twice
 
     # one MLflow run for the job across both attempts, its curve whole: every 5th step once
     from mlflow.tracking import MlflowClient
@@ -95,11 +95,11 @@ def test_killed_run_resumes_and_finishes(cls_split, tmp_path):
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
     assert f"MLflow: continuing run {run.info.run_id}" in second.stdout
     for key in ("loss", "lr"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(5, 151, 5)), key
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(5, 61, 5)), key
 
 
 def test_changed_settings_do_not_resume_a_foreign_checkpoint(cls_split, tmp_path):
-    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 60}}
     with open(tmp_path / "first.log", "w") as log:
         proc = _start(pretrain_args(cls_split, tmp_path, settings), log)
         _wait_for((tmp_path / "checkpoints" / "last.pt").exists)
@@ -115,7 +115,7 @@ def test_changed_input_content_at_the_same_path_does_not_resume(cls_split, tmp_p
     """The split file is rewritten in place (e.g. an upstream rerun): its checkpoint is stale."""
     split = tmp_path / "split.json"
     split.write_text(cls_split.read_text())
-    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 150}}
+    settings = {**SETTINGS, "schedule": {**SETTINGS["schedule"], "iterations": 60}}
     args = pretrain_args(split, tmp_path, settings)
     with open(tmp_path / "first.log", "w") as log:
         proc = _start(args, log)
@@ -127,7 +127,7 @@ def test_changed_input_content_at_the_same_path_does_not_resume(cls_split, tmp_p
     split.write_text(json.dumps(data))
     out = run_detnas(*args).stdout
     assert "is stale: input content differs: split; deleted it, starting from step 0" in out
-    assert "resuming" not in out and "step 5/150" in out
+    assert "resuming" not in out and "step 5/60" in out
 
 
 def test_failed_job_leaves_a_failed_run_with_the_error(cls_split, tmp_path):

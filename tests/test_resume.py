@@ -103,9 +103,9 @@ def _pretrain_runs(wd):
 
 
 @pytest.mark.slow
-def test_killed_pretraining_resumes_only_with_the_same_settings(tmp_path):
+def test_killed_snakemake_and_pretraining_job_resume(tmp_path):
     wd = make_workdir(tmp_path)
-    edit_config(wd, "schedule: {iterations: 10, lr: 0.05", "schedule: {iterations: 200, lr: 0.05")
+    edit_config(wd, "schedule: {iterations: 10, lr: 0.05", "schedule: {iterations: 60, lr: 0.05")
     saved = _kill_during_pretraining(wd)
     snakemake(wd, "--unlock")  # Snakemake itself was killed: its lock stays
     snakemake(wd, "--cores", "2", PRETRAIN)
@@ -115,15 +115,6 @@ def test_killed_pretraining_resumes_only_with_the_same_settings(tmp_path):
     (run,) = runs  # one run for the job across both attempts
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
-    assert steps == list(range(5, 201, 5))  # whole, no gap, no step twice
+    assert steps == list(range(5, 61, 5))  # whole, no gap, no step twice
+    # a changed setting does not resume a checkpoint: test_pretrain_stage (the stage itself)
 
-    # killed again, then a setting changes: the checkpoint is not used
-    (wd / PRETRAIN).unlink()
-    _kill_during_pretraining(wd)
-    snakemake(wd, "--unlock")
-    edit_config(wd, "iterations: 200, lr: 0.05", "iterations: 200, lr: 0.04")
-    snakemake(wd, "--cores", "2", PRETRAIN)
-    log = (wd / "results/logs/pretrain_supernet/micro.log").read_text()
-    assert "is stale: the stage's settings differ; deleted it, starting from step 0" in log and "resuming" not in log
-    _, runs = _pretrain_runs(wd)
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]

@@ -9,8 +9,8 @@ only (TEST_FLAGS):
   --max-threads 1                             the CI node has 2 CPUs; the profile asks 4-16 threads
                                               (= --cpus-per-task) per job, which it could never run
   --slurm-init-seconds-before-status-checks 2 the plugin's first status check comes 40 s after a
-                                              submission (then every 10 s more); the micro jobs take
-                                              seconds, so the default would mostly measure waiting
+  --seconds-between-status-checks 2           submission, then every 10 s more; the micro jobs take
+                                              seconds, so the defaults would mostly measure waiting
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import pytest
 
 from workflow import edit_config, make_workdir, snakemake
 
-TEST_FLAGS = ("--max-threads", "1", "--slurm-init-seconds-before-status-checks", "2")
+TEST_FLAGS = ("--max-threads", "1", "--slurm-init-seconds-before-status-checks", "2",
+              "--seconds-between-status-checks", "2")
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -114,7 +115,7 @@ def test_cancelled_training_job_is_resubmitted_and_resumes(tmp_path, capsys):
     of the job, the job checkpoints at the step it reached (no periodic checkpoint exists) and
     exits; the profile's `retries` resubmit it, and it resumes from that step."""
     wd = make_workdir(tmp_path / "wd")
-    iterations = 1000  # ~30 s of pre-training on this machine: time to cancel it mid-run
+    iterations = 400  # ~12 s of pre-training on this machine: time to cancel it mid-run (after step 100)
     edit_config(wd, "schedule: {iterations: 10, lr: 0.05", f"schedule: {{iterations: {iterations}, lr: 0.05")
     edit_config(wd, "checkpoint_every: 5", "checkpoint_every: 100000")  # only the SIGTERM's checkpoint
     target = "results/pretrain/micro/supernet.pt"
