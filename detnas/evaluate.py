@@ -1,10 +1,9 @@
-"""Evaluation: COCO box metrics through pycocotools, classification top-1, and the prepared image
-sets a search job scores every candidate on (decoded once, reused for every candidate)."""
+"""Evaluation: detections as COCO results, COCO box metrics (``detnas.coco_eval``), classification
+top-1, and the prepared image sets a search job scores every candidate on (decoded once, reused for
+every candidate)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from torchvision.io import ImageReadMode, decode_image
 
+from .coco_eval import COCO_METRICS, coco_box_metrics, results_dicts
 from .data.coco import DetectionDataset
 
 __all__ = [
@@ -24,14 +23,12 @@ __all__ = [
     "DetectionImages",
     "coco_box_metrics",
     "detect",
+    "detect_array",
+    "detection_array",
     "detection_results",
     "evaluate_detector",
     "top1_counts",
 ]
-
-# pycocotools' stats[0..5]
-COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
 
 @dataclass
 class DetectionImages:
@@ -110,98 +107,66 @@ class DetectionImages:
                 yield ims, tgs
 
 
-def detection_results(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[int], category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """torchvision detections (XYXY boxes, labels 1..K) -> COCO results (xywh, dataset category ids).
+def detection_array(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[int],
+                    category_ids: Sequence[int]) -> np.ndarray:
+    """torchvision detections (XYXY boxes, labels 1..K) -> COCO results as one (N, 7) float64 array
+    of rows (image_id, x, y, w, h, score, category_id) (``detnas.coco_eval``), boxes rounded to 3
+    decimals, dataset category ids.
 
     A label outside 1..K is dropped: label k is category ``category_ids[k - 1]``, so label 0 would
-    silently become the last category through Python's negative indexing. Our Faster R-CNN never
-    reports 0 (torchvision drops its background column) and our RetinaNet masks its class-0 logit
+    silently become the last category through negative indexing. Our Faster R-CNN never reports 0
+    (torchvision drops its background column) and our RetinaNet masks its class-0 logit
     (``detnas.detectors``); this keeps any other model from scoring a background box as a class.
     """
-    results = []
+    cats = np.asarray(category_ids, dtype=np.float64)
+    rows = []
     for out, image_id in zip(outputs, image_ids):
-        boxes = out["boxes"].detach().cpu().to(torch.float64)
-        if len(boxes) == 0:
+        if len(out["boxes"]) == 0:
             continue
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
-        for box, label, score in zip(xywh, out["labels"].tolist(), out["scores"].tolist()):
-            if not 1 <= label <= len(category_ids):
-                continue
-            results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
-                            "bbox": [round(v, 3) for v in box], "score": float(score)})
-    return results
+        boxes = out["boxes"].detach().cpu().to(torch.float64).numpy()
+        labels = out["labels"].detach().cpu().numpy()
+        keep = (labels >= 1) & (labels <= len(cats))
+        scores = out["scores"].detach().cpu().to(torch.float64).numpy()[keep]
+        boxes, labels = boxes[keep], labels[keep]
+        block = np.empty((len(boxes), 7))
+        block[:, 0] = image_id
+        block[:, 1:3] = boxes[:, :2]
+        block[:, 3:5] = boxes[:, 2:] - boxes[:, :2]
+        block[:, 1:5] = np.round(block[:, 1:5], 3)
+        block[:, 5] = scores
+        block[:, 6] = cats[labels - 1]
+        rows.append(block)
+    return np.concatenate(rows) if rows else np.empty((0, 7))
 
 
-def _results_coco(coco: COCO, results: list[dict[str, Any]]) -> COCO:
-    """``results`` as a pycocotools index; an empty one by hand, since ``loadRes([])`` fails."""
-    if results:
-        return coco.loadRes(results)
-    dt = COCO()
-    dt.dataset = {"images": list(coco.dataset["images"]), "categories": list(coco.dataset["categories"]),
-                  "annotations": []}
-    dt.createIndex()
-    return dt
-
-
-def coco_box_metrics(coco: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None, *,
-                     by_size: bool = True) -> dict[str, float | None]:
-    """AP, AP50, AP75, APs, APm, APl (COCO's AP@[.5:.95] etc., as fractions) of ``results`` on
-    ``image_ids`` (default: every image of ``coco``). No detections at all scores 0 wherever a box exists.
-
-    A figure is None where no (non-crowd) ground-truth box counts for it: APs/APm/APl when no box
-    of that size exists (COCOeval's -1), all six only when the images hold no box at all. None
-    means "not defined", never "0".
-
-    ``by_size=False``: AP, AP50 and AP75 only, the same values, in about a third of the time (what a
-    search scores every candidate with): COCOeval matches every image and category once per object
-    size range, and accumulates per detection limit; this asks it for all sizes and 100 detections.
-    """
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        dt = _results_coco(coco, results)
-        ev = COCOeval(coco, dt, iouType="bbox")
-        if image_ids is not None:
-            ev.params.imgIds = list(image_ids)
-        if not by_size:
-            all_sizes = ev.params.areaRngLbl.index("all")
-            ev.params.areaRng, ev.params.areaRngLbl = [ev.params.areaRng[all_sizes]], ["all"]
-            ev.params.maxDets = [100]
-        ev.evaluate()
-        ev.accumulate()
-        if by_size:
-            ev.summarize()
-            stats = ev.stats[:6]
-        else:
-            stats = [_mean_precision(ev), _mean_precision(ev, 0.5), _mean_precision(ev, 0.75)]
-    # COCOeval's -1 is "no ground truth of that kind": undefined, so None (null in JSON)
-    return {k: None if v < 0 else float(v) for k, v in zip(COCO_METRICS, stats)}
-
-
-def _mean_precision(ev: COCOeval, iou: float | None = None) -> float:
-    """COCOeval.summarize's AP over every IoU threshold (or at ``iou``), for its first object size
-    range and last detection limit: the mean of the precisions that are defined, -1 where none is."""
-    precision = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall points, categories)
-    if iou is not None:
-        precision = precision[np.where(iou == ev.params.iouThrs)[0]]
-    defined = precision[precision > -1]
-    return float(np.mean(defined)) if defined.size else -1.0
+def detection_results(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[int], category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """``detection_array`` as COCO result dicts (xywh boxes, dataset category ids)."""
+    return results_dicts(detection_array(outputs, image_ids, category_ids))
 
 
 @torch.no_grad()
-def detect(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """COCO results of ``model`` (eval mode; the mode is restored) on prepared images."""
+def detect_array(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """The (N, 7) detections array (``detection_array``) of ``model`` (eval mode; the mode is
+    restored) on prepared images."""
     was_training = model.training
     model.eval()
-    outputs: list[dict[str, Tensor]] = []
+    blocks, done = [], 0
     for ims, _ in data.batches(batch_size, device):
-        outputs.extend(model(ims))
+        blocks.append(detection_array(model(ims), data.image_ids[done:done + len(ims)], data.category_ids))
+        done += len(ims)
     model.train(was_training)
-    return detection_results(outputs, data.image_ids, data.category_ids)
+    return np.concatenate(blocks) if blocks else np.empty((0, 7))
+
+
+def detect(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
+    """COCO results (dicts) of ``model`` (eval mode; the mode is restored) on prepared images."""
+    return results_dicts(detect_array(model, data, batch_size=batch_size, device=device))
 
 
 def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device,
                       by_size: bool = True) -> dict[str, float | None]:
     """COCO box metrics of ``model`` on prepared images (see ``coco_box_metrics``)."""
-    return coco_box_metrics(data.coco, detect(model, data, batch_size=batch_size, device=device), data.image_ids,
+    return coco_box_metrics(data.coco, detect_array(model, data, batch_size=batch_size, device=device), data.image_ids,
                             by_size=by_size)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
+
 __all__ = ["CHANCE_MARGIN", "LOSS_RISE", "chance_health", "health_summary", "loss_health", "loss_health_line",
            "shifted_detections", "training_health"]
 
@@ -63,13 +65,18 @@ def loss_health_line(check: dict[str, Any]) -> str:
     return f"health: {trend}: not rising"
 
 
-def shifted_detections(results: Sequence[dict[str, Any]], image_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """``results`` (COCO detections) with each image's detections given to the next image (sorted
-    ids, the last to the first): what the detector would score if it ignored the pixels."""
+def shifted_detections(results: Sequence[dict[str, Any]] | np.ndarray,
+                       image_ids: Sequence[int]) -> list[dict[str, Any]] | np.ndarray:
+    """``results`` (COCO detections: dicts, or an (N, 7) array of ``detnas.coco_eval``) with each
+    image's detections given to the next image (sorted ids, the last to the first): what the
+    detector would score if it ignored the pixels."""
     order = sorted(image_ids)
-    if len(order) < 2:
-        return []
-    target = {a: b for a, b in zip(order, order[1:] + order[:1])}
+    target = {a: b for a, b in zip(order, order[1:] + order[:1])} if len(order) >= 2 else {}
+    if isinstance(results, np.ndarray):
+        ids = np.asarray(order, dtype=np.float64)
+        shifted = results[np.isin(results[:, 0], ids) & (len(ids) >= 2)].copy()
+        shifted[:, 0] = np.roll(ids, -1)[np.searchsorted(ids, shifted[:, 0])]
+        return shifted
     return [{**r, "image_id": target[r["image_id"]]} for r in results if r["image_id"] in target]
 
 

@@ -8,8 +8,13 @@ search never met is the very number the search would have given it.
 
 from __future__ import annotations
 
+import time
 import zlib
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -18,13 +23,15 @@ from torch import Tensor, nn
 from .data.classification import ClassificationDataset, classification_transforms, normalize_images
 from .detectors import detector_from_checkpoint
 from .engine import recalibrate_bn
-from .evaluate import DetectionImages, evaluate_detector
+from .coco_eval import Evaluator, coco_box_metrics
+from .evaluate import DetectionImages, detect_array
 from .io import load_checkpoint, read_json
 from .precision import Precision
 from .space import Arch, SearchSpace, get_space
 from .supernet import Supernet, set_path
 
-__all__ = ["ClassificationScorer", "DetectionScorer", "build_scorer", "classification_scorer", "detection_scorer"]
+__all__ = ["ClassificationScorer", "DetectionScorer", "Scored", "build_scorer", "classification_scorer",
+           "detection_scorer", "score_many"]
 
 
 def _candidate_seed(seed: int, arch: Arch) -> int:
@@ -32,27 +39,91 @@ def _candidate_seed(seed: int, arch: Arch) -> int:
     return zlib.crc32(f"{seed}:{arch}".encode())
 
 
+@dataclass
+class Scored:
+    """One candidate's score: its fitness, the metrics behind it, and the seconds of work it took
+    (model work plus evaluation, each counted once even where they overlapped other candidates)."""
+
+    arch: Arch
+    fitness: float
+    metrics: dict[str, float]
+    seconds: float
+
+
 class DetectionScorer:
     """mmAP (AP@[.5:.95]) of a path of the fine-tuned detection supernet, after BN recalibration;
     every forward pass (recalibration and detection) under ``precision``. ``last_metrics``: the
     candidate's AP, AP50 and AP75 (no per-size figures: a search needs none, and they triple COCOeval's
-    time)."""
+    time).
+
+    ``evaluator`` (``detnas.coco_eval.Evaluator`` over ``val``'s ground truth, named "val"): where
+    given, ``score_many`` evaluates each candidate in that process while this one recalibrates and
+    runs the next; the figures are the same as the serial ones.
+    """
 
     def __init__(self, model: nn.Module, val: DetectionImages, recal: DetectionImages, *, batch_size: int,
-                 device: torch.device, seed: int, precision: Precision = Precision()) -> None:
+                 device: torch.device, seed: int, precision: Precision = Precision(),
+                 evaluator: Evaluator | None = None) -> None:
         self.model, self.val, self.recal = precision.prepare(model), val, recal
         self.batch_size, self.device, self.seed, self.precision = batch_size, device, seed, precision
         self.space: SearchSpace | None = getattr(model, "space", None)  # set by detection_scorer
+        self.evaluator = evaluator
         self.last_metrics: dict[str, float] = {}
 
-    def __call__(self, arch: Arch) -> float:
+    def detections(self, arch: Arch) -> np.ndarray:
+        """The model work of a candidate: its path, BN recalibrated, run on the search-validation
+        images; their detections as an (N, 7) array (``detnas.coco_eval``)."""
         set_path(self.model, arch)
         torch.manual_seed(_candidate_seed(self.seed, arch))
         with self.precision.autocast():
             recalibrate_bn(self.model, self.recal.batches(self.batch_size, self.device), lambda b: self.model(*b))
-            self.last_metrics = evaluate_detector(self.model, self.val, batch_size=self.batch_size, device=self.device,
-                                                  by_size=False)
+            return detect_array(self.model, self.val, batch_size=self.batch_size, device=self.device)
+
+    def __call__(self, arch: Arch) -> float:
+        self.last_metrics = coco_box_metrics(self.val.coco, self.detections(arch), self.val.image_ids, by_size=False)
         return self.last_metrics["AP"]
+
+    def score_many(self, archs: Iterable[Arch]) -> Iterator[Scored]:
+        """``archs`` scored in order. With an evaluator, candidate k's COCO evaluation runs while
+        candidate k + 1's model work does: at most two candidates' detections are held."""
+        if self.evaluator is None:
+            yield from _serial(self, archs)
+            return
+        pending: deque[tuple[Arch, Future, float]] = deque()
+        for arch in archs:
+            t = time.perf_counter()
+            dets = self.detections(arch)
+            pending.append((arch, self.evaluator.submit("val", dets, self.val.image_ids, by_size=False),
+                            time.perf_counter() - t))
+            del dets
+            if len(pending) > 1:
+                yield self._collect(*pending.popleft())
+        while pending:
+            yield self._collect(*pending.popleft())
+
+    def _collect(self, arch: Arch, future: Future, model_seconds: float) -> Scored:
+        metrics, eval_seconds = future.result()
+        self.last_metrics = metrics
+        return Scored(arch, metrics["AP"], metrics, model_seconds + eval_seconds)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the evaluator process; ``wait=False`` (after an error) drops what is pending."""
+        if self.evaluator is not None:
+            self.evaluator.close(wait)
+
+
+def _serial(scorer: Callable[[Arch], float], archs: Iterable[Arch]) -> Iterator[Scored]:
+    for arch in archs:
+        t = time.perf_counter()
+        fitness = scorer(arch)
+        yield Scored(arch, fitness, dict(getattr(scorer, "last_metrics", {})), time.perf_counter() - t)
+
+
+def score_many(scorer: Callable[[Arch], float], archs: Iterable[Arch]) -> Iterator[Scored]:
+    """``archs`` scored in order by ``scorer`` (its own ``score_many`` where it has one, which may
+    overlap candidates; else one call after another)."""
+    many = getattr(scorer, "score_many", None)
+    return many(archs) if many is not None else _serial(scorer, archs)
 
 
 class ClassificationScorer:
@@ -89,6 +160,9 @@ class ClassificationScorer:
         self.last_metrics = {"top1": top1}
         return top1
 
+    def close(self, wait: bool = True) -> None:
+        """Nothing to release (the interface of ``DetectionScorer``)."""
+
 
 def _stack(dataset: ClassificationDataset, limit: int | None, seed: int) -> tuple[Tensor, Tensor]:
     idx = np.arange(len(dataset))
@@ -118,22 +192,28 @@ def classification_scorer(supernet_file: Path, split_file: Path, *, eval_images:
 
 def detection_scorer(supernet_file: Path, val_file: Path, recal_file: Path, *, eval_images: int | None,
                      recalibration_images: int, batch_size: int, seed: int, device: torch.device,
-                     precision: Precision = Precision()) -> DetectionScorer:
+                     precision: Precision = Precision(), overlap: bool = False) -> DetectionScorer:
     """The scorer of DetNAS and random search: ``supernet_file`` a fine-tuned detection supernet,
-    ``val_file`` the search-validation annotations, ``recal_file`` the supernet's training annotations."""
-    model, meta = detector_from_checkpoint(supernet_file, device)
+    ``val_file`` the search-validation annotations, ``recal_file`` the supernet's training annotations.
+    ``overlap``: evaluate in another process, overlapping the next candidate's model work."""
     val = DetectionImages.load(val_file, limit=eval_images, seed=seed)
+    # the evaluator process starts (and indexes the ground truth) while the supernet loads
+    evaluator = Evaluator({"val": val.coco.dataset}, in_flight=2) if overlap else None
+    model, meta = detector_from_checkpoint(supernet_file, device)
     recal = DetectionImages.load(recal_file, limit=recalibration_images, seed=seed, with_objects=True)
-    scorer = DetectionScorer(model, val, recal, batch_size=batch_size, device=device, seed=seed, precision=precision)
+    scorer = DetectionScorer(model, val, recal, batch_size=batch_size, device=device, seed=seed, precision=precision,
+                             evaluator=evaluator)
     scorer.space = get_space(meta["space"])
     return scorer
 
 
 def build_scorer(kind: str, supernet_file: Path, val_file: Path, recal_file: Path | None, *, eval_images: int | None,
                  recalibration_images: int, batch_size: int, seed: int, device: torch.device,
-                 precision: Precision = Precision()) -> tuple["DetectionScorer | ClassificationScorer", SearchSpace]:
+                 precision: Precision = Precision(),
+                 overlap: bool = False) -> tuple["DetectionScorer | ClassificationScorer", SearchSpace]:
     """``kind`` "detection" or "classification": the scorer and the supernet's space. ``precision``:
-    how its forward passes compute (default float32, contiguous)."""
+    how its forward passes compute (default float32, contiguous). ``overlap``: a detection scorer's
+    COCO evaluation in another process (``DetectionScorer.score_many``)."""
     common = dict(eval_images=eval_images, recalibration_images=recalibration_images, batch_size=batch_size,
                   seed=seed, device=device, precision=precision)
     if kind == "classification":
@@ -143,5 +223,5 @@ def build_scorer(kind: str, supernet_file: Path, val_file: Path, recal_file: Pat
         raise ValueError(f"scorer kind must be 'detection' or 'classification', got {kind!r}")
     if recal_file is None:
         raise ValueError("a detection scorer needs the supernet's training annotations to recalibrate BN on (--recal)")
-    det = detection_scorer(supernet_file, val_file, recal_file, **common)
+    det = detection_scorer(supernet_file, val_file, recal_file, **common, overlap=overlap)
     return det, det.space

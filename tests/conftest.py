@@ -106,7 +106,7 @@ def evaluate_found_boxes(tmp_path: Path, test_file: Path, monkeypatch, *, primar
     from torch import nn
 
     import detnas.stages.evaluate as evaluate_stage
-    from detnas.evaluate import DetectionImages, detection_results
+    from detnas.evaluate import DetectionImages, detection_array
     from detnas.space import get_space
 
     data = DetectionImages.load(test_file)
@@ -118,9 +118,9 @@ def evaluate_found_boxes(tmp_path: Path, test_file: Path, monkeypatch, *, primar
         targets = images.targets[shift:] + images.targets[:shift]
         outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
                    for t in targets]
-        return detection_results(outputs, images.image_ids, images.category_ids)
+        return detection_array(outputs, images.image_ids, images.category_ids)
 
-    monkeypatch.setattr(evaluate_stage, "detect", found)
+    monkeypatch.setattr(evaluate_stage, "detect_array", found)
     write_json_atomic({"arch": arch, "fitness": 0.5, "evaluations": 3}, tmp_path / "arch.json")
     write_json_atomic(classifier, tmp_path / "cls.json")
     if detector_metrics is not None:

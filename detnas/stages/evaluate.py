@@ -10,7 +10,8 @@ from typing import Any
 
 from ..detectors import detector_from_checkpoint
 from ..distributed import init_distributed, set_threads
-from ..evaluate import COCO_METRICS, DetectionImages, coco_box_metrics, detect
+from ..coco_eval import COCO_METRICS, Evaluator, results_dicts
+from ..evaluate import DetectionImages, detect_array
 from ..flops import cost_table
 from ..formatting import fmt_number
 from ..health import chance_health, health_summary, shifted_detections, training_health
@@ -48,8 +49,11 @@ def _draw(data: DetectionImages, results: list[dict[str, Any]], classes: dict[in
     ids = data.image_ids[:PICTURES]
     images = [im.permute(1, 2, 0).numpy() for im in data.decoded(0, len(ids))]  # (H, W, 3) uint8
     truth = [[a for a in data.coco.imgToAnns[i] if not a.get("iscrowd")] for i in ids]
-    found = [[r for r in results if r["image_id"] == i] for i in ids]
-    plot_detections(images, truth, found, classes, path, title=title)
+    found: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for r in results:
+        if r["image_id"] in found:
+            found[r["image_id"]].append(r)
+    plot_detections(images, truth, [found[i] for i in ids], classes, path, title=title)
 
 
 def _tracked(final: dict[str, Any]) -> dict[str, float]:
@@ -126,17 +130,27 @@ def run_evaluate(
         if data.category_ids != meta["category_ids"]:
             raise ValueError(f"{test_file}: category ids {data.category_ids} differ from those {detector} was trained "
                              f"on ({meta['category_ids']}); evaluate on the test split of the same dataset")
-        with precision.autocast():  # the boxes come out in float32 (detectors)
-            results = detect(model, data, batch_size=batch_size, device=dist.device)
-        metrics: dict[str, float | None] = coco_box_metrics(data.coco, results, data.image_ids)
-        classes = {c: data.coco.cats[c]["name"] for c in data.category_ids}
-        per_class = None
-        if primary_metric in VOC_METRICS:
-            voc = voc_ap(results, data.coco.dataset["annotations"], classes, image_ids=data.image_ids)
+        # the test figures and the chance check side by side in two processes (which index the
+        # ground truth while the detector runs); the VOC APs meanwhile in this one
+        with Evaluator({"test": data.coco.dataset}, in_flight=2, workers=2) as evaluator:
+            with precision.autocast():  # the boxes come out in float32 (detectors)
+                found = detect_array(model, data, batch_size=batch_size, device=dist.device)
+            full = evaluator.submit("test", found, data.image_ids)
+            chance = evaluator.submit("test", shifted_detections(found, data.image_ids), data.image_ids, by_size=False)
+            results = results_dicts(found)
+            classes = {c: data.coco.cats[c]["name"] for c in data.category_ids}
+            voc = per_class = None
+            if primary_metric in VOC_METRICS:
+                voc = voc_ap(results, data.coco.dataset["annotations"], classes, image_ids=data.image_ids)
+                per_class = voc["per_class"]
+            metrics: dict[str, float | None] = full.result()[0]
+            shifted = chance.result()[0]["AP50"]
+        if voc is not None:
             metrics.update({k: voc[k] for k in VOC_METRICS})
-            per_class = voc["per_class"]
-        shifted = coco_box_metrics(data.coco, shifted_detections(results, data.image_ids), data.image_ids,
-                                   by_size=False)["AP50"]
+        if pictures is not None:
+            _draw(data, results, classes, pictures, title=(
+                f"{info.get('experiment')} {info.get('method')}: {arch} on the test split, AP50 "
+                f"{fmt_number(metrics['AP50'])}, AP {fmt_number(metrics['AP'])}"))
         trained_losses = {"classifier": training_health(cls)}
         # what the networks were trained with (amp: auto is bf16 on a CUDA card with native bf16, a
         # departure from the paper's fp32: METHOD.md), next to what this evaluation ran in
@@ -169,10 +183,6 @@ def run_evaluate(
             "health": health,
             "mlflow_run_id": run.run_id,
         }
-        if pictures is not None:
-            _draw(data, results, classes, pictures, title=(
-                f"{info.get('experiment')} {info.get('method')}: {arch} on the test split, AP50 "
-                f"{fmt_number(metrics['AP50'])}, AP {fmt_number(metrics['AP'])}"))
         run.log_metrics(_tracked(final), 0)
         run.set_tags({"arch": str(arch), "health": "ok" if health["ok"] else "; ".join(health["flags"]),
                       "precision": _precision_tag(precision.describe(), trained)})

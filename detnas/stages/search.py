@@ -4,10 +4,14 @@ supernet), all under the same backbone FLOPs constraint.
 
 Cost: the images a candidate is scored on (search-validation and recalibration images) are decoded
 and preprocessed once per job. Under torchrun, rank 0 runs the EA and each generation is scored in
-parallel: rank r scores candidates r, r + w, ...; results are gathered on rank 0. Every score is
-appended to ``scores.jsonl`` in the checkpoint folder as soon as it is known and the EA state is
-saved after every generation, so a killed search resumes without re-scoring anything; that state is
-kept only while the settings and the content of the supernet and annotation files are the same.
+parallel: rank r scores candidates r, r + w, ...; results are gathered on rank 0. A detection
+candidate's COCO evaluation runs in another process while the same rank recalibrates and runs the
+next candidate (``overlap_evaluation``, default on; ``DetectionScorer.score_many``). Rank 0 appends
+each score to ``scores.jsonl`` in the checkpoint folder as soon as it is known (the other ranks'
+at the end of each generation) and the EA state is saved after every generation, so a killed
+search resumes without re-scoring what was logged (a candidate whose evaluation was in flight is
+scored again, once); that state is kept only while the settings and the content of the supernet
+and annotation files are the same.
 The generations' broadcasts and gathers go over the gloo control group (``distributed``), whose
 timeout is set for a rank that waits for another's whole candidate. A rank that fails exits at once
 (no collective after its error), and torchrun ends the others.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,7 @@ from ..formatting import fmt_number
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..precision import Precision
-from ..scoring import ClassificationScorer, DetectionScorer, build_scorer
+from ..scoring import ClassificationScorer, DetectionScorer, build_scorer, score_many
 from ..search import Candidate, SearchSettings, best, run_search, top
 from ..settings import known_keys
 from ..space import Arch, SearchSpace
@@ -61,6 +66,9 @@ class StageSearchSettings:
     repeats: int = 1
     amp: str | bool = "auto"  # the scoring forwards: auto, bf16, fp16, off (detnas.precision)
     channels_last: bool | str = "auto"
+    # a detection candidate's COCO evaluation in another process, overlapping the next candidate's
+    # model work (same scores; off: one after the other, in this process)
+    overlap_evaluation: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageSearchSettings":
@@ -104,27 +112,35 @@ class _ScoreLog:
 
 def _distributed_score(dist: Dist, scorer: Callable[[Arch], float], log: _ScoreLog, macs: Callable[[Arch], float],
                        progress: Callable[[dict[str, Any]], None]) -> Callable[[list[Arch]], list[float]]:
-    """On rank 0: a generation -> its fitness, each rank scoring its share of the new candidates."""
+    """On rank 0: a generation -> its fitness, each rank scoring its share of the new candidates.
+    Rank 0's own scores reach the log as each is known, the other ranks' at the generation's end."""
+
+    def add(row: dict[str, Any]) -> None:
+        if row["arch"] not in log.known:
+            log.add(row)
+            progress(row)
 
     def score(candidates: list[Arch]) -> list[float]:
         todo = [a for a in candidates if str(a) not in log.known]
         dist.broadcast_object([str(a) for a in todo])
-        rows = _score_share(dist, scorer, todo, macs)
-        for r in rows:
-            log.add(r)
-            progress(r)
+        for r in _score_share(dist, scorer, todo, macs, on_row=add):
+            add(r)
         return [log.known[str(a)]["fitness"] for a in candidates]
 
     return score
 
 
-def _score_share(dist: Dist, scorer: Callable[[Arch], float], todo: list[Arch], macs: Callable[[Arch], float]) -> list[dict[str, Any]]:
+def _score_share(dist: Dist, scorer: Callable[[Arch], float], todo: list[Arch], macs: Callable[[Arch], float],
+                 on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """This rank's share of ``todo`` scored (``on_row`` called with each row as it is known); every
+    rank's rows, gathered."""
     mine = []
-    for arch in todo[dist.rank::dist.world_size]:
-        t = time.perf_counter()
-        fitness = scorer(arch)
-        mine.append({"arch": str(arch), "fitness": fitness, "mflops": macs(arch) / 1e6, "seconds": time.perf_counter() - t,
-                     "rank": dist.rank, **{f"metric_{k}": v for k, v in getattr(scorer, "last_metrics", {}).items()}})
+    for s in score_many(scorer, todo[dist.rank::dist.world_size]):
+        row = {"arch": str(s.arch), "fitness": s.fitness, "mflops": macs(s.arch) / 1e6, "seconds": s.seconds,
+               "rank": dist.rank, **{f"metric_{k}": v for k, v in s.metrics.items()}}
+        mine.append(row)
+        if on_row is not None:
+            on_row(row)
     gathered = dist.all_gather_object(mine)
     return [r for rows in gathered for r in rows]
 
@@ -165,20 +181,25 @@ def run_search_stage(
     t0 = time.perf_counter()
     scorer, space = build_scorer("classification" if s.method == "clsnas" else "detection", supernet, val_file,
                                  recal_file, eval_images=s.eval_images, recalibration_images=s.recalibration_images,
-                                 batch_size=s.batch_size, seed=s.seed, device=dist.device, precision=precision)
+                                 batch_size=s.batch_size, seed=s.seed, device=dist.device, precision=precision,
+                                 overlap=s.overlap_evaluation)
     prep_seconds = time.perf_counter() - t0
-    if not dist.is_main:
-        _worker_loop(dist, scorer, space, cost_table(space).backbone_macs)
-        dist.close()
-        return
+    try:
+        if not dist.is_main:
+            _worker_loop(dist, scorer, space, cost_table(space).backbone_macs)
+            dist.close()
+            return
 
-    # on failure no collective: the other ranks may be inside a generation's gather, and a broadcast
-    # they do not expect would hang the job; the launcher ends them once this process exits
-    _lead(s, settings, space, scorer, dist, precision, inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
-          checkpoint_dir=checkpoint_dir, mlflow=mlflow,
-          arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
-    dist.broadcast_object(None)  # release the workers
-    dist.close()
+        # on failure no collective: the other ranks may be inside a generation's gather, and a
+        # broadcast they do not expect would hang the job; the launcher ends them once this exits
+        _lead(s, settings, space, scorer, dist, precision,
+              inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
+              checkpoint_dir=checkpoint_dir, mlflow=mlflow,
+              arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
+        dist.broadcast_object(None)  # release the workers
+        dist.close()
+    finally:
+        scorer.close(wait=sys.exc_info()[0] is None)
 
 
 def _lead(
@@ -204,7 +225,9 @@ def _lead(
     # scores are valid only for the exact supernet, images and precision that produced them: a folder
     # of other settings or other input content is wiped, so every candidate is scored anew
     marker = checkpoint_dir / "resume.json"
-    key = resume_key({"settings": settings, "space": space.name, "precision": precision.describe()}, inputs)
+    # whether evaluation overlaps model work changes no score: not part of the key
+    scored_by = {k: v for k, v in settings.items() if k != "overlap_evaluation"}
+    key = resume_key({"settings": scored_by, "space": space.name, "precision": precision.describe()}, inputs)
     saved = read_json(marker) if marker.is_file() else {}
     scores_file = checkpoint_dir / "scores.jsonl"
     state_files = [checkpoint_dir / f"state_repeat{r}.json" for r in range(s.repeats)]
