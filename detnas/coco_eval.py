@@ -54,6 +54,7 @@ except ImportError as _e:
     if _FORCED != "pycocotools":
         print(f"note: faster-coco-eval does not import ({_e}); COCO metrics through pycocotools (same figures, "
               f"about six times slower)", file=sys.stderr, flush=True)
+        os.environ["DETNAS_COCO_EVAL"] = "pycocotools"  # the evaluator processes need not say it again
 
 from pycocotools.coco import COCO as _RefCOCO  # noqa: E402  (the reference, and the fallback)
 from pycocotools.cocoeval import COCOeval as _RefEval  # noqa: E402
