@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,slurm]'
 	touch $(STAMP)
 
+# Two test processes (pytest-xdist): many tests wait on subprocesses, SLURM or a server much of
+# their time. A test module runs in one process (--dist loadfile: its module-scoped fixtures are made
+# once); the shared micro workflow run is made once per process that needs it. `pytest -n 0` runs
+# the tests one after another.
+TEST_WORKERS ?= $(CORES)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The embedded demo end to end on this machine: synthetic data, the five methods, the comparison,
 # then the report. One thread per job: the demo's tiny networks finish sooner as one-thread jobs side

@@ -244,9 +244,9 @@ def _paper_scale(model, space, val, recal, search, device, candidates: int) -> N
         scorer.val = _PaperImages(small)
         alone = [s.seconds for s in scorer.score_many([space.sample(rng)])]  # model work 0: the evaluation alone
         sized["seconds"] = alone[0]
-        warm = list(scorer.score_many([space.sample(rng) for _ in range(3)]))
-        beside = [s.seconds - m for s, m in zip(warm, model_seconds[-3:])]
-        sized["seconds"] = statistics.median(beside[:2])  # the evaluation as it runs beside the model
+        for _ in range(2):  # the evaluation as it runs beside the model: two rounds of four warm-up candidates
+            warm = list(scorer.score_many([space.sample(rng) for _ in range(4)]))
+            sized["seconds"] = statistics.median(s.seconds - m for s, m in zip(warm, model_seconds[-4:]))
         model_seconds.clear()
         t = time.perf_counter()
         scored = list(scorer.score_many([space.sample(rng) for _ in range(candidates)]))
