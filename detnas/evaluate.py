@@ -22,11 +22,9 @@ __all__ = [
     "COCO_METRICS",
     "DetectionImages",
     "coco_box_metrics",
-    "detect",
     "detect_array",
     "detection_array",
     "detection_results",
-    "evaluate_detector",
     "top1_counts",
 ]
 
@@ -156,18 +154,6 @@ def detect_array(model: nn.Module, data: DetectionImages, *, batch_size: int, de
         done += len(ims)
     model.train(was_training)
     return np.concatenate(blocks) if blocks else np.empty((0, 7))
-
-
-def detect(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """COCO results (dicts) of ``model`` (eval mode; the mode is restored) on prepared images."""
-    return results_dicts(detect_array(model, data, batch_size=batch_size, device=device))
-
-
-def evaluate_detector(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device,
-                      by_size: bool = True) -> dict[str, float | None]:
-    """COCO box metrics of ``model`` on prepared images (see ``coco_box_metrics``)."""
-    return coco_box_metrics(data.coco, detect_array(model, data, batch_size=batch_size, device=device), data.image_ids,
-                            by_size=by_size)
 
 
 @torch.no_grad()
