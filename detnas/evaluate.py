@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch import Tensor, nn
-from torchvision.io import ImageReadMode, decode_image
 
 from .coco_eval import COCO_METRICS, coco_box_metrics, results_dicts
 from .data.coco import DetectionDataset
+from .data.images import decode_rgb8
 
 __all__ = [
     "COCO_METRICS",
@@ -82,11 +82,8 @@ class DetectionImages:
             return self.images[lo:hi]
         out = []
         for im, image_id in zip(self.images[lo:hi], self.image_ids[lo:hi]):
-            try:
-                out.append(decode_image(im, mode=ImageReadMode.RGB))
-            except RuntimeError as e:  # changed on disk after the split checked it: name the file
-                name = self.coco.imgs[image_id]["file_name"]
-                raise ValueError(f"{self.ann_file}: image '{name}' (id {image_id}) does not decode: {e}") from e
+            name = self.coco.imgs[image_id]["file_name"]  # changed on disk after the split checked it: say which
+            out.append(decode_rgb8(im, f"'{name}' (id {image_id}) of {self.ann_file}"))
         return out
 
     def batches(self, batch_size: int, device: torch.device) -> Iterable[tuple[list[Tensor], list[dict[str, Any]]]]:

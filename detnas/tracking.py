@@ -44,6 +44,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 if TYPE_CHECKING:
     import pandas as pd
 
+# MLflow sends usage telemetry by default (it looks up its telemetry host when imported and would send
+# run creations, metric batches, versions and an installation id). The pipeline runs on private data:
+# off unless the user opts in (MLFLOW_DISABLE_TELEMETRY=false in the environment). Set here, before
+# anything imports mlflow (only this module does), and inherited by every process a job starts.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 __all__ = ["StageRun", "default_tracking_uri", "flatten", "git_commit"]
 
 T = TypeVar("T")

@@ -194,3 +194,18 @@ def test_paper_schedule_by_detector_and_dataset(tmp_path):
     assert schedules["voc_retinanet"] == {**paper, "iterations": 22500, "lr": 0.01, "milestones": [15000, 20000]}
     own = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["experiments"]["shapes_fpn"]["finetune"]["schedule"]
     assert schedules["shapes_fpn"]["iterations"] == own["iterations"]  # an experiment's own schedule stays
+
+
+def test_names_that_are_not_folder_names_are_refused_at_config_load(tmp_path):
+    # each name becomes a folder under results/: '/' nests it, '..' leaves results/
+    config = yaml.safe_load(MICRO.read_text())
+    config["experiments"]["../outside"] = config["experiments"]["shapes_fpn"]
+    config["detection_data"]["a/b"] = config["detection_data"]["shapes"]
+    config["pretrain"][".."] = config["pretrain"]["micro"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    lines = stopped(make_workdir(tmp_path / "wd", path), "-n")
+    problems = [line for line in lines if "cannot be a folder name" in line]
+    assert [p.split(":")[0] for p in problems] == ["experiments.../outside", "detection_data.a/b", "pretrain..."]
+    assert first_problem(lines) == problems[0]
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "wd" / "results").exists()

@@ -515,7 +515,7 @@ def test_classification_dataset_selection_and_errors(tmp_path: Path) -> None:
         scan_image_folder(tmp_path / "empty")
     (root / "cat" / "1.png").write_bytes(b"garbage")
     ds = ClassificationDataset(root, transform=None)
-    with pytest.raises(DataError, match=r"cat/1\.png: unreadable image"):
+    with pytest.raises(DataError, match=r"cat/1\.png is unreadable or corrupt"):
         ds[1]
 
 

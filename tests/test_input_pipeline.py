@@ -72,7 +72,7 @@ def test_read_rgb_equals_pil_decoding(tmp_path: Path) -> None:
         decoded = read_rgb(tmp_path / name)
         assert decoded.dtype == torch.uint8 and torch.equal(decoded, F.pil_to_tensor(_pil(tmp_path / name))), name
     (tmp_path / "bad.jpg").write_bytes((tmp_path / "a.jpg").read_bytes()[:200])  # truncated
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match=r"bad\.jpg is unreadable or corrupt \(Image is incomplete or truncated\)"):
         read_rgb(tmp_path / "bad.jpg")
 
 
@@ -83,8 +83,10 @@ def test_tensor_decoding_dataset_gives_the_pil_pixels(tmp_path: Path) -> None:
     for i in range(3):
         assert torch.equal(as_tensor[i][0], F.pil_to_tensor(as_pil[i][0])) and as_tensor[i][1] == as_pil[i][1]
     (tmp_path / "cls" / "0.jpg").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="unreadable image"):
+    with pytest.raises(DataError, match=r"0\.jpg is unreadable or corrupt"):
         as_tensor[0]
+    with pytest.raises(DataError, match=r"0\.jpg is unreadable or corrupt"):
+        as_pil[0]
     with pytest.raises(ValueError, match="decode must be one of"):
         ClassificationDataset(tmp_path, transform=None, decode="cv2")
 

@@ -21,15 +21,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .coco import DataError, part_count
+from .coco import DataError, class_key, file_key, part_count
+from .images import read_rgb8
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -39,6 +39,8 @@ __all__ = [
     "classification_transforms",
     "normalize_images",
     "pil_classification_transforms",
+    "read_pil",
+    "same_files",
     "read_rgb",
     "scan_image_folder",
     "split_classification",
@@ -64,8 +66,33 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
         samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as e:  # torchvision: no class folders, or a class without images
         raise DataError(f"{root}: not a usable ImageFolder layout ({e})") from e
+    keys: dict[str, str] = {}
+    for c in classes:  # two folders with one name in two Unicode forms would be two classes
+        k = class_key(c)
+        if k in keys:
+            raise DataError(f"{root}: class folders {keys[k]!r} and {c!r} are one name in two Unicode forms "
+                            f"(or with surrounding spaces); merge them")
+        keys[k] = c
     rel = [(Path(os.path.relpath(path, root)).as_posix(), idx) for path, idx in samples]
     return classes, rel
+
+
+def same_files(root: Path, samples: list[tuple[str, int]], other_root: Path | None = None,
+               other: list[tuple[str, int]] | None = None) -> list[tuple[str, str]]:
+    """Pairs of sample paths (relative to their roots) that are one file (``file_key``: links and hard
+    links included): within ``samples`` when ``other`` is None, else between the two lists."""
+    first: dict[tuple[int, int], str] = {}
+    pairs = []
+    for rel, _ in samples:
+        k = file_key(Path(root) / rel)
+        if k in first:
+            pairs.append((first[k], rel))
+        else:
+            first[k] = rel
+    if other is None:
+        return pairs
+    seen = first
+    return [(seen[k], rel) for rel, _ in other if (k := file_key(Path(other_root) / rel)) in seen]
 
 
 def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict:
@@ -79,6 +106,10 @@ def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict
     """
     root = Path(root).absolute()
     classes, samples = scan_image_folder(root)
+    repeated = same_files(root, samples)
+    if repeated:  # one file under two names could be held out and trained on at once
+        raise DataError(f"{root}: {len(repeated)} images are one file under two paths (links), e.g. "
+                        f"{repeated[:3]}; keep one path per file")
     n = len(samples)
     k = part_count(holdout, n, f"holdout of {root}")
     rng = np.random.default_rng(seed)
@@ -96,20 +127,20 @@ def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict
 
 
 def read_rgb(path: Path) -> Tensor:
-    """An image file as uint8 (3, H, W) RGB, decoded by torchvision (libjpeg-turbo, libpng, libwebp).
+    """An image file as uint8 (3, H, W) RGB, decoded by torchvision (libjpeg-turbo, libpng, libwebp)
+    under the rules of ``detnas.data.images`` (EXIF orientation applied, 16-bit scaled to 8, one
+    frame; BMP and TIFF through PIL).
 
-    The pixels equal PIL's ``convert("RGB")`` bit for bit (same libjpeg-turbo, default IDCT and
-    chroma upsampling; grayscale, CMYK, palette and RGBA converted alike) at ~20 % less time per
-    JPEG. What torchvision does not decode to uint8 (BMP, TIFF, 16-bit PNG) goes through PIL, which
-    also raises the errors (OSError, UnidentifiedImageError) for files that do not decode at all.
+    The pixels equal PIL's ``convert("RGB")`` bit for bit on 8-bit files without an orientation tag
+    (same libjpeg-turbo, default IDCT and chroma upsampling; grayscale, CMYK, palette and RGBA
+    converted alike) at ~20 % less time per JPEG.
     """
-    try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        if image.dtype == torch.uint8:
-            return image
-    except RuntimeError:
-        pass
-    return F.pil_to_tensor(default_loader(str(path)))
+    return read_rgb8(path)
+
+
+def read_pil(path: Path) -> Image.Image:
+    """``read_rgb``'s pixels as a PIL RGB image (what the PIL transforms take)."""
+    return Image.fromarray(read_rgb8(path).permute(1, 2, 0).numpy())
 
 
 class ClassificationDataset(Dataset):
@@ -159,10 +190,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         rel, target = self.samples[index]
         path = self.root / rel
-        try:
-            image = read_rgb(path) if self.decode == "tensor" else default_loader(str(path))  # (3, H, W) / PIL RGB
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: unreadable image ({e})") from e
+        image = read_rgb(path) if self.decode == "tensor" else read_pil(path)  # (3, H, W) / PIL RGB; DataError names it
         if self.transform is not None:
             image = self.transform(image)
         return image, target

@@ -17,9 +17,11 @@ import contextlib
 import copy
 import io
 import json
-import re
+import math
+import os
 import sys
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +31,11 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import read_file
 from torchvision.transforms import v2
 
+from .errors import DataError
+from .images import read_rgb8, stored_size
 from ..io import write_json_atomic  # re-exported: callers write prepared/split files with it
 
 __all__ = [
@@ -39,6 +43,9 @@ __all__ = [
     "DetectionDataset",
     "collate_detection",
     "decode_rgb",
+    "file_key",
+    "image_files",
+    "class_key",
     "load_coco_json",
     "part_count",
     "prepare_detection",
@@ -55,8 +62,6 @@ PROGRESS_EVERY = 10_000
 MAX_LISTED = 20  # bad images named in a split error; the rest are counted
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 def load_coco_json(path: Path) -> dict:
@@ -87,20 +92,18 @@ def resolve_image(file_name: str, roots: Sequence[Path | str]) -> Path | None:
 
 
 def decode_rgb(path: Path, width: int, height: int) -> torch.Tensor:
-    """Decode an image fully, as training does: uint8 (3, H, W) RGB (grayscale and CMYK converted).
+    """Decode an image fully, as training does: uint8 (3, H, W) RGB, EXIF-oriented, 8-bit
+    (``detnas.data.images``).
 
-    DataError naming ``path`` when it does not decode (zero bytes, truncated, not JPEG/PNG/...) or
-    its size differs from the JSON's ``width`` x ``height``.
+    DataError naming ``path`` when it does not decode (zero bytes, truncated, not an image, an
+    animation) or its oriented size differs from the JSON's ``width`` x ``height``.
     """
-    try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except RuntimeError as e:
-        # torchvision prefixes "<function>, <file.cpp>:<line>, "; the reason after it is what helps
-        reason = re.sub(r"^[^,]*, \S+:\d+, ", "", str(e))
-        raise DataError(f"image {path} is unreadable or corrupt ({reason})") from e
+    image = read_rgb8(path)
     h, w = image.shape[-2:]
     if (w, h) != (width, height):
-        raise DataError(f"image {path} is {w}x{h} (WxH) but the JSON says {width}x{height}")
+        stored = stored_size(path)
+        turned = f" as its EXIF orientation turns it (stored {stored[0]}x{stored[1]})" if stored and stored != (w, h) else ""
+        raise DataError(f"image {path} is {w}x{h} (WxH){turned} but the JSON says {width}x{height}")
     return image
 
 
@@ -115,6 +118,46 @@ def _image_problem(img: dict, roots: Sequence[Path]) -> str | None:
     except DataError as e:
         return str(e)
     return None
+
+
+def file_key(path: Path | str) -> tuple[int, int]:
+    """A file's identity: (device, inode) of what ``path`` leads to (symbolic links followed), so two
+    spellings of a path, a link and a hard link are one file and two folders' ``img_000.jpg`` two."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def image_files(images: Sequence[dict], roots: Sequence[Path | str]) -> dict[tuple[int, int], list[dict]]:
+    """The image entries by the file each resolves to (``file_key``); entries without a file are left out."""
+    by_file: dict[tuple[int, int], list[dict]] = {}
+    for img in images:
+        path = resolve_image(img["file_name"], roots)
+        if path is not None:
+            by_file.setdefault(file_key(path), []).append(img)
+    return by_file
+
+
+def _outside(file_name: str) -> bool:
+    """Whether a file name leads out of the folder it is joined to (absolute, or up through '..')."""
+    norm = os.path.normpath(file_name)
+    return os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep)
+
+
+def _check_files(images: Sequence[dict], roots: Sequence[Path], *, source: str) -> None:
+    """One file, one image entry: DataError naming the entries that are one file under two ids
+    (such an image could be drawn into two splits). A file name leading outside the image roots is
+    used but named in a note."""
+    repeated = [group for group in image_files(images, roots).values() if len(group) > 1]
+    if repeated:
+        shown = "; ".join(" and ".join(f"id {g['id']} ({g['file_name']!r})" for g in group) + " are "
+                          + os.path.realpath(resolve_image(group[0]["file_name"], roots))
+                          for group in repeated[:3])
+        raise DataError(f"{source}: {len(repeated)} image files are listed under more than one image id: {shown}; "
+                        f"list each file once (its boxes under one id)")
+    outside = [img["file_name"] for img in images if _outside(img["file_name"])]
+    if outside:
+        print(f"{source}: note: {len(outside)} image file names lead outside the image roots "
+              f"{[str(r) for r in roots]}, e.g. {outside[:3]}; they are used as given", file=sys.stderr)
 
 
 def _check_images(images: Sequence[dict], roots: Sequence[Path], *, source: str, threads: int) -> None:
@@ -134,6 +177,8 @@ def _check_images(images: Sequence[dict], roots: Sequence[Path], *, source: str,
                 rate = n / (time.perf_counter() - start)
                 print(f"{source}: decoded {n}/{len(images)} images ({rate:.0f} images/s, {len(problems)} bad)",
                       file=sys.stderr, flush=True)
+    if len(problems) == 1:
+        raise DataError(f"{source}: {problems[0]}")
     if problems:
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataError(
@@ -172,32 +217,53 @@ def validate_detection(
 
     sizes: dict[int, tuple[float, float]] = {}
     for img in images:
+        if not isinstance(img, dict):
+            raise DataError(f"{source}: an image entry is {type(img).__name__} {img!r:.100}, not an object")
         for key in ("id", "file_name", "width", "height"):
             if key not in img:
                 raise DataError(f"{source}: image entry {img!r:.200} lacks '{key}'")
+        where = f"{source}: image entry {img['file_name']!r:.200} (id {img['id']!r:.40})"
+        _need_int(img["id"], f"{where}: 'id'")
+        if not isinstance(img["file_name"], str) or not img["file_name"].strip():
+            raise DataError(f"{where}: 'file_name' must be a non-empty string, got {_shown(img['file_name'])}")
+        for key in ("width", "height"):
+            _need_int(img[key], f"{where}: '{key}'", positive=True)
         if img["id"] in sizes:
             raise DataError(f"{source}: duplicate image id {img['id']}")
         sizes[img["id"]] = (img["width"], img["height"])
-    cat_ids = {c["id"] for c in dataset["categories"]}
+    cat_ids = _check_categories(dataset["categories"], source)
 
     files = {img["id"]: _describe_image(img) for img in images}
     kept: list[dict] = []
     dropped: dict[int, list[str]] = {}  # image id -> "box: reason" of each dropped box
     for ann in anns:
+        if not isinstance(ann, dict):
+            raise DataError(f"{source}: an annotation is {type(ann).__name__} {ann!r:.100}, not an object")
         for key in ("id", "image_id", "category_id", "bbox"):
             if key not in ann:
                 raise DataError(f"{source}: annotation {ann.get('id', '?')} lacks '{key}'")
         aid, iid = ann["id"], ann["image_id"]
+        _need_int(aid, f"{source}: annotation {aid!r:.40}: 'id'")
+        _need_int(iid, f"{source}: annotation {aid}: 'image_id'")
         if iid not in sizes:
             raise DataError(f"{source}: annotation {aid} refers to image_id {iid}, which is not an image")
+        where = f"{source}: {files[iid]} (id {iid}): annotation {aid}"
+        _need_int(ann["category_id"], f"{where}: 'category_id'")
         if ann["category_id"] not in cat_ids:
             raise DataError(
                 f"{source}: annotation {aid} has category_id {ann['category_id']}, not declared in "
                 f"'categories' (declared: {sorted(cat_ids)})"
             )
         bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-            raise DataError(f"{source}: annotation {aid} bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DataError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r:.100}")
+        for i, v in enumerate(bbox):
+            _need_number(v, f"{where}: bbox[{i}] ({'xywh'[i]})")
+        if "area" in ann:
+            _need_number(ann["area"], f"{where}: 'area'")
+        crowd = ann.get("iscrowd", 0)
+        if not isinstance(crowd, (bool, int, float)) or crowd not in (0, 1):
+            raise DataError(f"{where}: 'iscrowd' must be 0 or 1, got {_shown(crowd)}")
         reason = _box_problem(bbox, *sizes[iid])
         if reason is None:
             kept.append(ann)
@@ -214,9 +280,66 @@ def validate_detection(
     if not kept:
         raise DataError(f"{source}: empty dataset (no annotations left)")
 
+    _check_files(images, roots, source=source)
     if check_images:
         _check_images(images, roots, source=source, threads=threads)
     return {**dataset, "annotations": kept, "detnas": {**dataset["detnas"], "dropped_boxes": n_dropped}}
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: its repr (cut) and JSON type."""
+    kind = {str: "a string", bool: "a boolean", type(None): "null", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+    return f"{value!r:.60} ({kind})"
+
+
+def _need_number(value: Any, what: str) -> None:
+    """DataError unless ``value`` is a finite JSON number (not a string, a boolean, NaN or infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{what} must be a number, got {_shown(value)}")
+    if not math.isfinite(value):
+        raise DataError(f"{what} is {value!r}, not a finite number")
+
+
+def _need_int(value: Any, what: str, *, positive: bool = False) -> None:
+    """DataError unless ``value`` is an integer (an integral float such as 640.0 passes), > 0 if
+    ``positive``."""
+    _need_number(value, what)
+    if value != int(value):
+        raise DataError(f"{what} must be a whole number, got {value!r}")
+    if positive and value <= 0:
+        raise DataError(f"{what} must be positive, got {value!r}")
+
+
+def _check_categories(categories: Any, source: str) -> set[int]:
+    """The declared category ids; DataError for a malformed entry, a repeated id or a repeated name
+    (names compared after Unicode NFC normalisation and stripping, as class names are matched)."""
+    if not isinstance(categories, list):
+        raise DataError(f"{source}: 'categories' must be a list, got {_shown(categories)}")
+    ids: set[int] = set()
+    names: dict[str, Any] = {}
+    for c in categories:
+        if not isinstance(c, dict) or "id" not in c:
+            raise DataError(f"{source}: category entry {c!r:.100} lacks 'id'")
+        _need_int(c["id"], f"{source}: category {c.get('name', '?')!r:.60}: 'id'")
+        if c["id"] in ids:
+            raise DataError(f"{source}: duplicate category id {c['id']}")
+        ids.add(c["id"])
+        if "name" in c:
+            if not isinstance(c["name"], str):
+                raise DataError(f"{source}: category {c['id']}: 'name' must be a string, got {_shown(c['name'])}")
+            key = class_key(c["name"])
+            if key in names:
+                raise DataError(f"{source}: categories {names[key]} and {c['id']} have the same name {c['name']!r} "
+                                f"(compared after Unicode normalisation)")
+            names[key] = c["id"]
+    return ids
+
+
+def class_key(name: str) -> str:
+    """A class name as names are compared: Unicode NFC, surrounding white space stripped (one label
+    typed on two systems can differ in its bytes: composed and decomposed accents)."""
+    return unicodedata.normalize("NFC", name).strip()
 
 
 def _describe_image(img: dict) -> str:

@@ -16,7 +16,7 @@ from xml.etree.ElementTree import parse as parse_xml
 
 from torchvision.datasets import VOCDetection
 
-from .coco import DataError
+from .coco import DataError, class_key
 
 __all__ = ["VOC_CLASSES", "voc_to_coco"]
 
@@ -74,7 +74,10 @@ def voc_to_coco(root: Path, sets: list[tuple[str, str]], *, classes: Sequence[st
     if not sets:
         raise ValueError("voc_to_coco: no (year, image_set) pairs given")
     auto = classes == "auto"
-    names = list(VOC_CLASSES if classes is None else [] if auto else classes)
+    if not auto and classes is not None and (isinstance(classes, str) or not all(isinstance(n, str) for n in classes)):
+        raise ValueError(f"VOC classes must be a list of names or 'auto', got {classes!r}")
+    # names compared as class_key gives them: one label typed on two systems can differ in its bytes
+    names = [class_key(n) for n in (VOC_CLASSES if classes is None else [] if auto else classes)]
     if not auto and (not names or len(set(names)) != len(names)):
         raise ValueError(f"VOC classes must be a non-empty list of distinct names or 'auto', got {classes!r}")
     images: list[dict] = []
@@ -103,6 +106,9 @@ def voc_to_coco(root: Path, sets: list[tuple[str, str]], *, classes: Sequence[st
             objects = ann.get("object", [])
             for obj in objects if isinstance(objects, list) else [objects]:
                 name = obj.get("name")
+                if not isinstance(name, str) or not name.strip():
+                    raise DataError(f"{xml}: an object has no class <name> (got {name!r})")
+                name = class_key(name)
                 if name not in names:
                     if not auto:
                         raise DataError(f"{xml}: unknown class {name!r} (the dataset's classes: {names}; "

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data.classification import scan_image_folder, split_classification
-from ..data.coco import DataError, prepare_detection, split_detection, validate_detection
+from ..data.classification import same_files, scan_image_folder, split_classification
+from ..data.coco import DataError, class_key, image_files, prepare_detection, split_detection, validate_detection
 from ..data.voc import voc_to_coco
 from ..io import write_json_atomic
 from ..tracking import StageRun
@@ -38,6 +38,33 @@ def _describe(sources: dict[str, Any], part: str) -> str:
     if sources["type"] == "voc":
         return f"{sources['root']} {sources[part]}"
     return str(sources[part]["annotations"])
+
+
+def _check_no_leak(train: dict, test: dict, entry: str, sources: dict[str, Any]) -> None:
+    """DataError when a test image is a training image: the same file (``file_key``: any spelling of
+    its path, a link), not the same name (two exports may both number their files from 0)."""
+    train_files = image_files(train["images"], train["detnas"]["image_roots"])
+    test_files = image_files(test["images"], test["detnas"]["image_roots"])
+    shared = [key for key in test_files if key in train_files]
+    if shared:
+        shown = "; ".join(f"test {test_files[k][0]['file_name']!r} is train {train_files[k][0]['file_name']!r}"
+                          for k in shared[:3])
+        raise DataError(
+            f"{entry}: {len(shared)} test images are also training images (the same files; train: "
+            f"{_describe(sources, 'train')}, test: {_describe(sources, 'test')}), e.g. {shown}; "
+            f"to hold a test set out of one annotation file, set {entry}.test to {{holdout: N, seed: S}}"
+        )
+
+
+def _check_categories_match(train: dict, test: dict, entry: str, sources: dict[str, Any]) -> None:
+    """DataError when the test file's categories are not the training file's (an id naming another
+    class would score a detector's boxes against the wrong class; names compared as ``class_key``)."""
+    names = {d: {c["id"]: class_key(c.get("name", str(c["id"]))) for c in part["categories"]}
+             for d, part in (("train", train), ("test", test))}
+    if names["train"] != names["test"]:
+        differ = sorted(set(names["train"].items()) ^ set(names["test"].items()), key=str)[:4]
+        raise DataError(f"{entry}: the test file's categories ({_describe(sources, 'test')}) are not the training "
+                        f"file's ({_describe(sources, 'train')}): (id, name) differing: {differ}")
 
 
 def _count_or_fraction(size: float) -> int | float:
@@ -85,13 +112,8 @@ def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict
             # the test set is converted with the training classes: a class only the test set has fails
             test = _load_part(sources, "test", classes=[c["name"] for c in train["categories"]], **opts)
             dropped += test["detnas"]["dropped_boxes"]
-            overlap = {img["file_name"] for img in train["images"]} & {img["file_name"] for img in test["images"]}
-            if overlap:
-                raise DataError(
-                    f"{entry}: {len(overlap)} test images are also training images (train: "
-                    f"{_describe(sources, 'train')}, test: {_describe(sources, 'test')}), e.g. {sorted(overlap)[:3]}; "
-                    f"to hold a test set out of one annotation file, set {entry}.test to {{holdout: N, seed: S}}"
-                )
+            _check_categories_match(train, test, entry, sources)
+            _check_no_leak(train, test, entry, sources)
         supernet_train, search_val = split_detection(train, size=_count_or_fraction(split["size"]), seed=split["seed"])
         parts = {"train": train, "supernet_train": supernet_train, "search_val": search_val, "test": test}
         metrics = {name: _summary(d) for name, d in parts.items()}
@@ -119,11 +141,20 @@ def run_split_classification(settings: dict[str, Any], *, out: Path, mlflow: dic
     with StageRun(**mlflow, params=settings) as run:
         split = split_classification(Path(settings["train"]), holdout=_count_or_fraction(holdout["size"]), seed=holdout["seed"])
         val_classes, val_samples = scan_image_folder(Path(settings["val"]))
+        if val_classes != split["classes"] and [class_key(c) for c in val_classes] == [class_key(c) for c in split["classes"]]:
+            raise DataError(f"{settings['val']}: class folder names differ from those in {settings['train']} only in "
+                            f"their Unicode form or surrounding spaces; rename them to match")
         if val_classes != split["classes"]:
             raise DataError(
                 f"{settings['val']}: validation classes differ from the training classes in {settings['train']} "
                 f"(e.g. {sorted(set(val_classes) ^ set(split['classes']))[:3]})"
             )
+        shared = same_files(Path(settings["train"]), scan_image_folder(Path(settings["train"]))[1],
+                            Path(settings["val"]), val_samples)
+        if shared:
+            raise DataError(f"{settings['val']}: {len(shared)} validation images are training images of "
+                            f"{settings['train']} (the same files, links included), e.g. "
+                            f"{[f'val {v} is train {t}' for t, v in shared[:3]]}")
         split["val_root"] = str(Path(settings["val"]).absolute())
         split["val_images"] = len(val_samples)
         write_json_atomic(split, out)

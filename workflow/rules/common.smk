@@ -146,7 +146,9 @@ def config_problems():
     Needs the config validated (defaults filled in). Dataset paths are checked later, for the
     datasets the requested targets need (see `require_data`).
     """
-    problems = []
+    problems = _name_problems()
+    if problems:  # a name with '/' or '..' would send the checks below (and the outputs) elsewhere
+        return problems
     for name, p in config["pretrain"].items():
         if p["data"] not in config["classification_data"]:
             problems.append(f"pretrain.{name}.data = {p['data']!r} is not a classification_data entry"
@@ -179,6 +181,21 @@ def config_problems():
     if config["demo_experiment"] not in config["experiments"]:
         problems.append(f"demo_experiment = {config['demo_experiment']!r} is not an experiment"
                         f" (known: {', '.join(config['experiments'])})")
+    return problems
+
+
+# An entry's name becomes a folder (results/<experiment>/, results/data/<dataset>/, ...): letters, digits,
+# '_', '-' and '.', not starting with '.' (no '/', no '..'), the wildcards' own pattern.
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def _name_problems():
+    problems = []
+    for section in ("experiments", "detection_data", "classification_data", "pretrain"):
+        for name in config.get(section, {}):
+            if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+                problems.append(f"{section}.{name}: the name {name!r} cannot be a folder name: use letters, digits, "
+                                f"'_', '-' and '.' (not first), no '/' or '..'")
     return problems
 
 
