@@ -292,7 +292,8 @@ TWO_RANKS = dict(launcher=[sys.executable, "-m", "detnas.launch", "--nproc", "2"
 def serial_search(search_inputs, tmp_path_factory):
     """An uninterrupted one-process search of SHORT (its outputs and checkpoint folder; read only)."""
     out = tmp_path_factory.mktemp("serial")
-    run_detnas(*search_args(search_inputs, out, SHORT))
+    # its own MLflow store: a module's fixture is made before the per-test one is set
+    run_detnas(*search_args(search_inputs, out, SHORT), env={"MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"})
     assert len(_scores(out)) == 12
     return out
 
