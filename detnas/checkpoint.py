@@ -5,6 +5,10 @@ settings plus a content digest of every input file (initial weights, annotation 
 Paths are not enough: a rerun after an upstream change writes a new supernet at the same path, and
 resuming the old state would silently reuse numbers computed from the old one. A checkpoint of other
 inputs is discarded, and the log says which input differs.
+
+A checkpoint that cannot be read (empty, truncated, its digest not matching: ``io.load_checkpoint``)
+is moved aside to ``last.pt.corrupt-<UTC time>`` with one log line, and the stage starts from step 0:
+a requeued job does not fail on the same file again and again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from .distributed import Dist
-from .io import load_checkpoint, save_checkpoint
+from .io import load_checkpoint, move_aside, save_checkpoint
 
 __all__ = ["Checkpointer", "file_digest", "fingerprint", "resume_key", "stale_reason"]
 
@@ -85,10 +89,20 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint if it was made from the same settings and inputs, else None (a stale
-        one is deleted, and the log says why)."""
+        one is deleted, an unreadable one moved aside, and the log says why). Every rank calls it."""
         if not self.path.is_file():
             return None
-        state = load_checkpoint(self.path)
+        try:
+            state, error = load_checkpoint(self.path), None
+        except ValueError as exc:
+            state, error = None, str(exc)
+        # every rank has read it (and they agree on what they found) before rank 0 moves it
+        errors = [e for e in self.dist.all_gather_object(error) if e is not None]
+        if errors:
+            if self.dist.is_main:
+                move_aside(self.path, errors[0].removeprefix(f"{self.path}: "), then="starting from step 0")
+            return None
+        assert state is not None
         reason = stale_reason(state.get("resume_key"), self.key)
         if reason is not None:
             print(f"checkpoint {self.path} (step {state.get('step')}) is stale: {reason}; deleted it, "

@@ -542,7 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``io.DiskFullError`` (without importing detnas.io, hence torch, for commands
+    that never write through it)."""
+    io = sys.modules.get(f"{__package__}.io")
+    return io is not None and isinstance(exc, io.DiskFullError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Bad input (ValueError) and a full disk (``io.DiskFullError``) end with one
+    line on stderr, no traceback (exit status 2 and 1)."""
     args = build_parser().parse_args(argv)
     # under torchrun: the log lines of rank 0 only (the others would repeat them); errors name their rank
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -555,6 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where}error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        if _disk_full(exc):  # no space left: the file, the bytes it needs and the space free, one line
+            print(f"{where}error: {exc}", file=sys.stderr)
+            return 1
         if where:
             print(f"{where}{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise

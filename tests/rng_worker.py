@@ -75,6 +75,15 @@ def main(out_dir: str) -> None:
     assert again.resume(model, opt)[0] == 7
     again.restore_rng()
     assert torch.equal(torch.rand(5), expected), "a resumed rank's generator did not continue its own stream"
+    # a damaged checkpoint: every rank reads it and finds it unreadable, then rank 0 moves it aside
+    d.barrier()
+    if d.is_main:
+        data = again.path.read_bytes()
+        again.path.write_bytes(data[: len(data) // 2])
+    d.barrier()
+    assert again.load() is None, "a truncated checkpoint was resumed"
+    d.barrier()
+    assert not again.path.exists() and len(list(Path(out_dir).glob("last.pt.corrupt-*"))) == 1, "not moved aside"
 
     space = get_space("tiny")
     paths = [str(uniform_path(space, 3, step)) for step in range(50)]

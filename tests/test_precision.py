@@ -36,7 +36,7 @@ from detnas.data.coco import prepare_detection
 from detnas.detectors import DetectorSettings, build_detector
 from detnas.distributed import Dist
 from detnas.engine import Progress, Schedule, make_sgd, train, uniform_path
-from detnas.io import write_json_atomic
+from detnas.io import load_checkpoint, save_checkpoint, write_json_atomic
 from detnas.precision import Precision, resolve_amp, resolve_channels_last
 from detnas.space import get_space
 from detnas.supernet import Supernet
@@ -126,7 +126,7 @@ def _column(metrics: dict, key: str, rows: int | None = None) -> list[float]:
 def _as_supernet(detector_file: Path, out: Path) -> None:
     """The standalone detector of ``detector_file`` as a detection supernet whose path ARCH holds its
     weights (the other choices keep their initial ones): a supernet with a trained path to score."""
-    ckpt = torch.load(detector_file, weights_only=True)
+    ckpt = load_checkpoint(detector_file)
     torch.manual_seed(0)
     supernet = build_detector(Supernet(get_space("tiny")), num_classes=ckpt["num_classes"],
                               settings=DetectorSettings.from_dict(ckpt["detector"]))
@@ -137,7 +137,7 @@ def _as_supernet(detector_file: Path, out: Path) -> None:
         block = next((b for b in genes if key.startswith(b)), None)
         state[key if block is None else f"{block}choices.{genes[block]}.{key[len(block):]}"] = value
     supernet.load_state_dict(state)
-    torch.save({**ckpt, "arch": None, "state_dict": supernet.state_dict()}, out)
+    save_checkpoint({**ckpt, "arch": None, "state_dict": supernet.state_dict()}, out)
 
 
 @pytest.fixture(scope="module")

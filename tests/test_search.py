@@ -1,6 +1,7 @@
 """The search algorithm (pure, synthetic fitness) and the search stage (kill/resume, two ranks)."""
 
 import json
+import re
 import os
 from collections import Counter
 import signal
@@ -132,7 +133,8 @@ def search_args(root, out, settings=SEARCH):
 
 
 def _scores(out):
-    return [json.loads(line) for line in (out / "ck" / "scores.jsonl").read_text().splitlines()]
+    """Every rank's logged scores (scores.jsonl, scores.rank<r>.jsonl), each line parsed."""
+    return [json.loads(line) for f in sorted((out / "ck").glob("scores*.jsonl")) for line in f.read_text().splitlines()]
 
 
 def _history_rows(path):
@@ -278,3 +280,161 @@ def test_repeats_use_their_own_seeds_and_the_best_over_all_is_chosen(search_inpu
     assert ea["best"]["mean"][-1] == pytest.approx(np.mean(per_repeat_best))
     assert rnd["best"]["min"] == rnd["best"]["max"] == rnd["best"]["mean"]
     assert (tmp_path / "curves.png").stat().st_size > 5000
+
+
+# -- nothing silently wrong: every rank's scores kept, torn lines, corrupt state ----------------------
+
+SHORT = {**SEARCH, "generations": 2}  # 12 candidates
+TWO_RANKS = dict(launcher=[sys.executable, "-m", "detnas.launch", "--nproc", "2"], env={"OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def serial_search(search_inputs, tmp_path_factory):
+    """An uninterrupted one-process search of SHORT (its outputs and checkpoint folder; read only)."""
+    out = tmp_path_factory.mktemp("serial")
+    # its own MLflow store: a module's fixture is made before the per-test one is set
+    run_detnas(*search_args(search_inputs, out, SHORT), env={"MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"})
+    assert len(_scores(out)) == 12
+    return out
+
+
+def _kill_tree(pid):
+    """SIGKILL ``pid`` and every process below it at once, as a lost node would: each is stopped
+    first, so none starts another or writes more meanwhile. (torchrun starts every rank in a session
+    of its own, which a kill of the job's process group does not reach.)"""
+    from pathlib import Path
+
+    stopped = set()
+    while True:
+        children = {}
+        for d in Path("/proc").iterdir():
+            try:
+                stat = (d / "stat").read_text() if d.name.isdigit() else None
+            except OSError:
+                continue
+            if stat:
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+        tree, todo = [], [pid]
+        while todo:
+            tree.append(todo.pop())
+            todo += children.get(tree[-1], [])
+        new = [p for p in tree if p not in stopped]
+        if not new:
+            break
+        for p in new:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        stopped.update(new)
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _lines(path):
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_two_ranks_killed_mid_generation_keep_every_logged_score(search_inputs, serial_search, tmp_path):
+    # each rank scores 3 of a generation's 6 candidates; the job is SIGKILLed once rank 1 has logged
+    # some, not all, of its share of generation 2: those scores are on disk, in rank 1's own file
+    out = tmp_path / "killed"
+    rank1 = out / "ck" / "scores.rank1.jsonl"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([*TWO_RANKS["launcher"], *search_args(search_inputs, out, SHORT)], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **TWO_RANKS["env"]})
+        t = time.time()
+        while not (_lines(rank1) > 3 and _lines(rank1) % 3):
+            assert time.time() - t < 120 and proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.01)
+        _kill_tree(proc.pid)  # the launcher, torchrun, both ranks and their evaluator processes
+        proc.wait()
+    before = _scores(out)
+    state = json.loads((out / "ck" / "state_repeat0.json").read_text())
+    assert state["generation"] == 1  # killed inside generation 2...
+    assert sum(r["rank"] == 1 for r in before) > 3  # ...after rank 1 had logged scores of it
+    second = run_detnas(*search_args(search_inputs, out, SHORT), **TWO_RANKS)
+    assert f"{len(before)} candidates already scored" in second.stdout, second.stdout + second.stderr
+    rows = _scores(out)
+    assert len(rows) == len({r["arch"] for r in rows}) == 12  # over both ranks' files: each candidate once
+    assert all(r in rows for r in before)  # what was logged before the kill is kept, not scored again
+    assert _history_rows(out / "history.csv") == _history_rows(serial_search / "history.csv")
+
+
+def test_score_log_repairs_a_torn_last_line(tmp_path, capsys):
+    from detnas.stages.search import _ScoreLog
+
+    rows = [{"arch": f"0000000{i}", "fitness": 0.1 * i, "rank": 0} for i in range(4)]
+    path = tmp_path / "scores.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    path.write_text(lines[0] + "\n" + "not json\n" + lines[1] + "\n" + lines[2][:15])  # killed mid-append
+    log = _ScoreLog(tmp_path).load()
+    assert list(log.known) == [rows[0]["arch"], rows[1]["arch"]]
+    out = capsys.readouterr().out
+    assert f"{path}: dropped its partial last line (15 bytes" in out and "truncated the file" in out
+    assert f"{path}: skipped 1 line(s) that are not a score row (line 2)" in out
+    assert path.read_text() == lines[0] + "\n" + "not json\n" + lines[1] + "\n"  # back to its last newline
+    log.add(rows[2])
+    again = _ScoreLog(tmp_path).load()
+    assert list(again.known) == [r["arch"] for r in rows[:3]] and again.known[rows[2]["arch"]] == rows[2]
+    # rank r > 0 appends to its own file; rank 0 reads every rank's
+    _ScoreLog(tmp_path, rank=1).add(rows[3])
+    assert (tmp_path / "scores.rank1.jsonl").read_text() == lines[3] + "\n"
+    assert list(_ScoreLog(tmp_path).load().known) == [r["arch"] for r in rows]
+
+
+def _resume_from(serial_search, out):
+    """``out`` with a copy of the serial search's checkpoint folder (the same inputs: it resumes)."""
+    import shutil
+
+    shutil.copytree(serial_search / "ck", out / "ck")
+    return out / "ck"
+
+
+def _scored(stdout):
+    return len(re.findall(r"\] \d+ scored \(", stdout))
+
+
+def test_search_resumes_past_a_torn_score_line(search_inputs, serial_search, tmp_path):
+    ck = _resume_from(serial_search, tmp_path)
+    lines = (ck / "scores.jsonl").read_text().splitlines()
+    (ck / "scores.jsonl").write_text("".join(f"{line}\n" for line in lines[:5]) + lines[5][:20])  # killed mid-append
+    (ck / "state_repeat0.json").unlink()
+    proc = run_detnas(*search_args(search_inputs, tmp_path, SHORT))
+    assert "scores.jsonl: dropped its partial last line (20 bytes" in proc.stdout
+    assert "5 candidates already scored" in proc.stdout and _scored(proc.stdout) == 7
+    rows = _scores(tmp_path)  # every line parses: the first append after the torn line is not swallowed
+    assert [r["arch"] for r in rows] == [json.loads(line)["arch"] for line in lines]  # each candidate once
+    assert _history_rows(tmp_path / "history.csv") == _history_rows(serial_search / "history.csv")
+
+
+def test_corrupt_search_state_is_moved_aside_and_the_repeat_restarts(search_inputs, serial_search, tmp_path):
+    ck = _resume_from(serial_search, tmp_path)
+    (ck / "state_repeat0.json").write_text('{"space": "tiny", "generation": 2, "hist')  # half a file
+    proc = run_detnas(*search_args(search_inputs, tmp_path, SHORT))
+    (aside,) = ck.glob("state_repeat0.json.corrupt-*")
+    assert aside.read_text().startswith('{"space": "tiny"')
+    assert re.search(rf"{re.escape(str(ck / 'state_repeat0.json'))} cannot be read \(not valid JSON .*\); moved it "
+                     rf"aside to {aside.name}; this repeat restarts", proc.stdout)
+    assert "12 candidates already scored" in proc.stdout and _scored(proc.stdout) == 0  # the log answers
+    assert json.loads((ck / "state_repeat0.json").read_text())["generation"] == 2
+    assert len(_scores(tmp_path)) == 12
+    assert _history_rows(tmp_path / "history.csv") == _history_rows(serial_search / "history.csv")
+
+
+def test_corrupt_resume_marker_moves_the_search_state_aside(search_inputs, serial_search, tmp_path):
+    ck = _resume_from(serial_search, tmp_path)
+    (ck / "resume.json").write_text("")  # e.g. a file system that lost it
+    proc = run_detnas(*search_args(search_inputs, tmp_path, SHORT))
+    (marker,) = ck.glob("resume.json.corrupt-*")
+    (scores,) = ck.glob("scores.jsonl.corrupt-*")
+    (state,) = ck.glob("state_repeat0.json.corrupt-*")
+    assert marker.read_text() == "" and scores.read_text() == (serial_search / "ck" / "scores.jsonl").read_text()
+    line = next(x for x in proc.stdout.splitlines() if "resume.json cannot be read" in x)
+    assert f"moved it aside to {marker.name}" in line and scores.name in line and state.name in line
+    assert line.endswith("every candidate is scored anew")
+    assert "resuming the search" not in proc.stdout and _scored(proc.stdout) == 12
+    assert _history_rows(tmp_path / "history.csv") == _history_rows(serial_search / "history.csv")

@@ -6,12 +6,21 @@ Cost: the images a candidate is scored on (search-validation and recalibration i
 and preprocessed once per job. Under torchrun, rank 0 runs the EA and each generation is scored in
 parallel: rank r scores candidates r, r + w, ...; results are gathered on rank 0. A detection
 candidate's COCO evaluation runs in another process while the same rank recalibrates and runs the
-next candidate (``overlap_evaluation``, default on; ``DetectionScorer.score_many``). Rank 0 appends
-each score to ``scores.jsonl`` in the checkpoint folder as soon as it is known (the other ranks'
-at the end of each generation) and the EA state is saved after every generation, so a killed
-search resumes without re-scoring what was logged (a candidate whose evaluation was in flight is
-scored again, once); that state is kept only while the settings and the content of the supernet
-and annotation files are the same.
+next candidate (``overlap_evaluation``, default on; ``DetectionScorer.score_many``). Every rank
+appends each of its scores to its own file in the checkpoint folder as soon as it is known, flushed
+and fsynced (``scores.jsonl`` rank 0, ``scores.rank<r>.jsonl`` rank r: one writer per file, as
+appends of several processes to one file are not atomic on NFS), and the EA state is saved after
+every generation, so a killed search resumes without re-scoring what any rank logged (a candidate
+whose evaluation was in flight is scored again, once); rank 0 reads every ``scores*.jsonl`` on
+resume. That state is kept only while the settings and the content of the supernet and annotation
+files are the same.
+
+Nothing read back is silently wrong: a score file whose last line was cut by a kill is truncated
+back to its last whole line (the log says so), so the next append starts a line of its own; any
+other line that does not parse is skipped with a note (that candidate is scored again). An
+unreadable ``resume.json`` is moved aside (``<name>.corrupt-<UTC time>``) with the scores and
+states it vouched for, and the search starts anew; an unreadable ``state_repeat<r>.json`` is moved
+aside and that repeat restarts, answering from the score log (nothing is scored again).
 The generations' broadcasts and gathers go over the gloo control group (``distributed``), whose
 timeout is set for a rank that waits for another's whole candidate. A rank that fails exits at once
 (no collective after its error), and torchrun ends the others.
@@ -22,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +44,7 @@ from ..checkpoint import resume_key, stale_reason
 from ..distributed import Dist, init_distributed, set_threads
 from ..flops import cost_table
 from ..formatting import fmt_number
-from ..io import read_json, write_json_atomic, write_text_atomic
+from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..precision import Precision
 from ..scoring import ClassificationScorer, DetectionScorer, build_scorer, score_many
@@ -89,35 +99,84 @@ class StageSearchSettings:
                               mutations=self.mutations, crossovers=self.crossovers)
 
 
-class _ScoreLog:
-    """Scores on disk: one JSON line per candidate, appended as soon as it is known."""
+SCORE_FILES = "scores*.jsonl"  # every rank's score log in the checkpoint folder
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+def _score_file(directory: Path, rank: int) -> Path:
+    return directory / ("scores.jsonl" if rank == 0 else f"scores.rank{rank}.jsonl")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of one score file. A partial last line (no newline: a kill mid-append) is dropped and
+    the file truncated back to its last newline, so the next append starts a clean line; any other
+    line that does not parse as a row is skipped. Both are said in the log."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            os.fsync(f.fileno())
+        print(f"{path}: dropped its partial last line ({len(data) - cut} bytes, a write cut short); truncated the "
+              f"file to its last whole line", flush=True)
+        data = data[:cut]
+    rows, bad = [], []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if (isinstance(row, dict) and isinstance(row.get("arch"), str)
+                and isinstance(row.get("fitness"), (int, float)) and not isinstance(row.get("fitness"), bool)):
+            rows.append(row)
+        elif line.strip():
+            bad.append(number)
+    if bad:
+        print(f"{path}: skipped {len(bad)} line(s) that are not a score row (line {', '.join(map(str, bad[:10]))}"
+              f"{', ...' if len(bad) > 10 else ''}); those candidates are scored again", flush=True)
+    return rows
+
+
+class _ScoreLog:
+    """Scores on disk: one JSON line per candidate, appended (flushed, fsynced) as soon as it is known,
+    each rank to its own file (``_score_file``). ``load`` (rank 0) reads every rank's file."""
+
+    def __init__(self, directory: Path, rank: int = 0) -> None:
+        self.directory = directory
+        self.path = _score_file(directory, rank)
         self.known: dict[str, dict[str, Any]] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a killed job
-                    continue
-                self.known[row["arch"]] = row
+
+    def load(self) -> "_ScoreLog":
+        for path in sorted(self.directory.glob(SCORE_FILES)):
+            for row in _read_rows(path):
+                self.known.setdefault(row["arch"], row)
+        return self
 
     def add(self, row: dict[str, Any]) -> None:
+        """A row this rank scored: known, and appended to this rank's file."""
         self.known[row["arch"]] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:  # a line is written whole or, if killed mid-write, ignored
+        with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remember(self, row: dict[str, Any]) -> None:
+        """A row another rank scored (and logged in its own file)."""
+        self.known[row["arch"]] = row
 
 
 def _distributed_score(dist: Dist, scorer: Callable[[Arch], float], log: _ScoreLog, macs: Callable[[Arch], float],
                        progress: Callable[[dict[str, Any]], None]) -> Callable[[list[Arch]], list[float]]:
     """On rank 0: a generation -> its fitness, each rank scoring its share of the new candidates.
-    Rank 0's own scores reach the log as each is known, the other ranks' at the generation's end."""
+    Every rank logs its own scores to its own file as each is known; rank 0 learns the other ranks'
+    at the generation's end."""
 
     def add(row: dict[str, Any]) -> None:
         if row["arch"] not in log.known:
-            log.add(row)
+            if row["rank"] == dist.rank:
+                log.add(row)
+            else:
+                log.remember(row)
             progress(row)
 
     def score(candidates: list[Arch]) -> list[float]:
@@ -145,13 +204,17 @@ def _score_share(dist: Dist, scorer: Callable[[Arch], float], todo: list[Arch], 
     return [r for rows in gathered for r in rows]
 
 
-def _worker_loop(dist: Dist, scorer: Callable[[Arch], float], space: SearchSpace, macs: Callable[[Arch], float]) -> None:
-    """Ranks > 0: score the share of every generation rank 0 broadcasts, until it sends None."""
+def _worker_loop(dist: Dist, scorer: Callable[[Arch], float], space: SearchSpace, macs: Callable[[Arch], float],
+                 checkpoint_dir: Path) -> None:
+    """Ranks > 0: score the share of every generation rank 0 broadcasts, until it sends None; each
+    score appended to this rank's file in ``checkpoint_dir`` as soon as it is known. (Rank 0 has
+    read, repaired or wiped the folder's score files before its first broadcast.)"""
+    log = _ScoreLog(checkpoint_dir, dist.rank)
     while True:
         todo = dist.broadcast_object(None)
         if todo is None:
             return
-        _score_share(dist, scorer, [space.parse(a) for a in todo], macs)
+        _score_share(dist, scorer, [space.parse(a) for a in todo], macs, on_row=log.add)
 
 
 def run_search_stage(
@@ -186,7 +249,7 @@ def run_search_stage(
     prep_seconds = time.perf_counter() - t0
     try:
         if not dist.is_main:
-            _worker_loop(dist, scorer, space, cost_table(space).backbone_macs)
+            _worker_loop(dist, scorer, space, cost_table(space).backbone_macs, checkpoint_dir)
             dist.close()
             return
 
@@ -228,12 +291,11 @@ def _lead(
     # whether evaluation overlaps model work changes no score: not part of the key
     scored_by = {k: v for k, v in settings.items() if k != "overlap_evaluation"}
     key = resume_key({"settings": scored_by, "space": space.name, "precision": precision.describe()}, inputs)
-    saved = read_json(marker) if marker.is_file() else {}
-    scores_file = checkpoint_dir / "scores.jsonl"
+    saved = _read_marker(marker, checkpoint_dir)
     state_files = [checkpoint_dir / f"state_repeat{r}.json" for r in range(s.repeats)]
     reason = stale_reason(saved.get("resume_key"), key)
     if reason is not None:
-        old = [f for f in [scores_file, *checkpoint_dir.glob("state*.json")] if f.exists()]
+        old = _search_state(checkpoint_dir)
         if old:
             print(f"search state in {checkpoint_dir} is stale: {reason}; deleted it, every candidate is scored anew",
                   flush=True)
@@ -242,8 +304,8 @@ def _lead(
         saved = {}
     # one score log for every repeat: a candidate's fitness depends on the supernet and the scoring
     # images only (both seeded by `seed`), so an architecture two repeats meet is scored once
-    log = _ScoreLog(scores_file)
-    states = [read_json(f) if f.is_file() else None for f in state_files]
+    log = _ScoreLog(checkpoint_dir).load()
+    states = [_read_state(f) for f in state_files]
     if any(states) or log.known:
         done = [f"repeat {r + 1}: generation {st['generation']}" for r, st in enumerate(states) if st]
         print(f"resuming the search ({', '.join(done) or 'no generation finished'}; {len(log.known)} candidates "
@@ -323,6 +385,54 @@ def _lead(
             print("best per repeat: " + ", ".join(f"{b['arch']} {fmt_number(b['fitness'])} (seed {b['seed']})"
                                                   for b in result["best_per_repeat"]), flush=True)
         print(f"chosen: {chosen.arch} fitness {fmt_number(chosen.fitness)}, {result['mflops']:.1f} MFLOPs", flush=True)
+
+
+def _search_state(checkpoint_dir: Path) -> list[Path]:
+    """The search's resumable state in ``checkpoint_dir`` besides resume.json: every rank's score
+    log and every repeat's EA state."""
+    return sorted(f for f in [*checkpoint_dir.glob(SCORE_FILES), *checkpoint_dir.glob("state*.json")] if f.is_file())
+
+
+def _read_marker(marker: Path, checkpoint_dir: Path) -> dict[str, Any]:
+    """resume.json ({} if absent). Unreadable, it vouches for nothing: it is moved aside, and so are
+    the scores and states it was written for (they cannot be told to belong to these inputs)."""
+    if not marker.is_file():
+        return {}
+    try:
+        saved = read_json(marker)
+        if not isinstance(saved, dict):
+            raise ValueError(f"{marker}: not a JSON object")
+        return saved
+    except ValueError as exc:
+        aside = [move_aside(f, None).name for f in _search_state(checkpoint_dir)]
+        also = f"moved aside with it the search state it was for ({', '.join(aside)}); " if aside else ""
+        move_aside(marker, str(exc).removeprefix(f"{marker}: "), then=f"{also}every candidate is scored anew")
+        return {}
+
+
+_STATE_KEYS = {"space": str, "settings": dict, "generation": int, "rng": dict, "history": list}
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """A repeat's EA state (None if absent). Unreadable, it is moved aside and the repeat restarts;
+    the score log is kept, so its candidates are answered from it, not scored again."""
+    if not path.is_file():
+        return None
+    try:
+        state = read_json(path)
+        if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in _STATE_KEYS.items()):
+            raise ValueError(f"{path}: not a search state (expected the keys {', '.join(_STATE_KEYS)})")
+        try:
+            for c in state["history"]:
+                Candidate(**c)
+        except TypeError as exc:
+            raise ValueError(f"{path}: a history entry is not a candidate ({exc})") from None
+        return state
+    except ValueError as exc:
+        move_aside(path, str(exc).removeprefix(f"{path}: "),
+                   then="this repeat restarts from its first generation; its logged scores are kept, nothing is "
+                        "scored again")
+        return None
 
 
 SUPERNETS = {  # which supernet each search method scores paths of, as a figure title says it
