@@ -83,7 +83,7 @@ def _pretrain(split, out):
                       "--threads", "1").stdout
 
 
-def test_empty_or_truncated_checkpoint_is_moved_aside_and_the_stage_starts_afresh(cls_split, tmp_path):
+def test_an_empty_truncated_or_damaged_checkpoint_is_moved_aside_and_the_stage_starts_afresh(cls_split, tmp_path):
     ck = tmp_path / "checkpoints"
     ck.mkdir()
     (ck / "last.pt").write_bytes(b"")  # e.g. a node lost while its file system had not written it out
@@ -101,6 +101,12 @@ def test_empty_or_truncated_checkpoint_is_moved_aside_and_the_stage_starts_afres
     assert len(list(ck.glob("last.pt.corrupt-*"))) == 2 and "; starting from step 0" in second
     assert "resuming" not in second and "step 5/10" in second and not (ck / "last.pt").exists()
     assert [r["step"] for r in json.loads((tmp_path / "metrics.json").read_text())["history"]] == [5, 10]
+
+    (ck / "last.pt").write_bytes(weights)
+    _flip_a_tensor_byte(ck / "last.pt")  # whole, loadable by torch, one tensor byte changed
+    third = _pretrain(cls_split, tmp_path)
+    assert len(list(ck.glob("last.pt.corrupt-*"))) == 3 and "digest mismatch" in third
+    assert "; starting from step 0" in third and "resuming" not in third and "step 5/10" in third
 
 
 def test_an_unreadable_input_is_not_moved(tmp_path):
