@@ -40,7 +40,7 @@ __all__ = [
     "normalize_images",
     "pil_classification_transforms",
     "read_pil",
-    "same_files",
+    "files_by_key",
     "read_rgb",
     "scan_image_folder",
     "split_classification",
@@ -77,39 +77,41 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, rel
 
 
-def same_files(root: Path, samples: list[tuple[str, int]], other_root: Path | None = None,
-               other: list[tuple[str, int]] | None = None) -> list[tuple[str, str]]:
-    """Pairs of sample paths (relative to their roots) that are one file (``file_key``: links and hard
-    links included): within ``samples`` when ``other`` is None, else between the two lists."""
-    first: dict[tuple[int, int], str] = {}
-    pairs = []
+def files_by_key(root: Path, samples: list[tuple[str, int]]) -> dict[tuple[int, int], list[str]]:
+    """Sample paths (relative to ``root``) grouped by the file each is (``file_key``: links and hard
+    links included); one ``stat`` per sample."""
+    groups: dict[tuple[int, int], list[str]] = {}
     for rel, _ in samples:
-        k = file_key(Path(root) / rel)
-        if k in first:
-            pairs.append((first[k], rel))
-        else:
-            first[k] = rel
-    if other is None:
-        return pairs
-    seen = first
-    return [(seen[k], rel) for rel, _ in other if (k := file_key(Path(other_root) / rel)) in seen]
+        groups.setdefault(file_key(Path(root) / rel), []).append(rel)
+    return groups
 
 
-def split_classification(root: Path, *, holdout: int | float, seed: int) -> dict:
+def split_classification(root: Path, *, holdout: int | float, seed: int,
+                         val: tuple[Path, list[tuple[str, int]]] | None = None) -> dict:
     """A seeded held-out subset of the train folder ``root``, as a JSON-able dict.
 
     ``holdout``: an int is a number of images (SPOS/ClsNAS: 50,000), a float in (0, 1) a fraction.
     Returns ``{"root": absolute root, "classes": [...], "holdout": [sorted relative paths]}``;
     train on the rest with ``ClassificationDataset(root, exclude=set(holdout))``. A holdout that
     takes every training image of a class is a DataError naming the classes: the classifier could
-    not learn them, so the draw is refused rather than trained on.
+    not learn them, so the draw is refused rather than trained on. One file under two paths (links)
+    is a DataError, and so is, with ``val`` (the validation folder and its ``scan_image_folder``
+    samples), a validation image that is a training file.
     """
     root = Path(root).absolute()
     classes, samples = scan_image_folder(root)
-    repeated = same_files(root, samples)
+    files = files_by_key(root, samples)
+    repeated = [tuple(group[:2]) for group in files.values() if len(group) > 1]
     if repeated:  # one file under two names could be held out and trained on at once
         raise DataError(f"{root}: {len(repeated)} images are one file under two paths (links), e.g. "
                         f"{repeated[:3]}; keep one path per file")
+    if val is not None:
+        val_root, val_samples = val
+        shared = [f"val {rel} is train {files[k][0]}" for rel, _ in val_samples
+                  if (k := file_key(Path(val_root) / rel)) in files]
+        if shared:
+            raise DataError(f"{val_root}: {len(shared)} validation images are training images of {root} "
+                            f"(the same files, links included), e.g. {shared[:3]}")
     n = len(samples)
     k = part_count(holdout, n, f"holdout of {root}")
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data.classification import same_files, scan_image_folder, split_classification
+from ..data.classification import scan_image_folder, split_classification
 from ..data.coco import DataError, class_key, image_files, prepare_detection, split_detection, validate_detection
 from ..data.voc import voc_to_coco
 from ..io import write_json_atomic
@@ -139,8 +139,9 @@ def run_split_classification(settings: dict[str, Any], *, out: Path, mlflow: dic
     """Hold a seeded part of the classification training images out (ClsNAS's fitness)."""
     holdout = settings["holdout"]
     with StageRun(**mlflow, params=settings) as run:
-        split = split_classification(Path(settings["train"]), holdout=_count_or_fraction(holdout["size"]), seed=holdout["seed"])
         val_classes, val_samples = scan_image_folder(Path(settings["val"]))
+        split = split_classification(Path(settings["train"]), holdout=_count_or_fraction(holdout["size"]),
+                                     seed=holdout["seed"], val=(Path(settings["val"]), val_samples))
         if val_classes != split["classes"] and [class_key(c) for c in val_classes] == [class_key(c) for c in split["classes"]]:
             raise DataError(f"{settings['val']}: class folder names differ from those in {settings['train']} only in "
                             f"their Unicode form or surrounding spaces; rename them to match")
@@ -149,12 +150,6 @@ def run_split_classification(settings: dict[str, Any], *, out: Path, mlflow: dic
                 f"{settings['val']}: validation classes differ from the training classes in {settings['train']} "
                 f"(e.g. {sorted(set(val_classes) ^ set(split['classes']))[:3]})"
             )
-        shared = same_files(Path(settings["train"]), scan_image_folder(Path(settings["train"]))[1],
-                            Path(settings["val"]), val_samples)
-        if shared:
-            raise DataError(f"{settings['val']}: {len(shared)} validation images are training images of "
-                            f"{settings['train']} (the same files, links included), e.g. "
-                            f"{[f'val {v} is train {t}' for t, v in shared[:3]]}")
         split["val_root"] = str(Path(settings["val"]).absolute())
         split["val_images"] = len(val_samples)
         write_json_atomic(split, out)
