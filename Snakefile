@@ -41,6 +41,7 @@ include: "workflow/rules/compare.smk"
 include: "workflow/rules/ranking.smk"
 include: "workflow/rules/architectures.smk"
 include: "workflow/rules/selfcheck.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

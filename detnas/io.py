@@ -40,7 +40,9 @@ __all__ = [
     "checkpoint_digest",
     "load_checkpoint",
     "move_aside",
+    "portable_path",
     "read_json",
+    "recorded_path",
     "save_checkpoint",
     "write_json_atomic",
     "write_text_atomic",
@@ -128,6 +130,23 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def portable_path(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> str:
+    """``path`` as a file in ``base`` records it: relative to ``base`` where it lies inside (the demo's
+    images under results/), so a copied or moved results folder still finds it; else absolute (a
+    dataset the config names elsewhere). ``recorded_path`` reads it back."""
+    p, b = (Path(os.path.normpath(Path(x).absolute())) for x in (path, base))  # "..", not links, resolved
+    try:
+        return p.relative_to(b).as_posix() or "."
+    except ValueError:
+        return str(p)
+
+
+def recorded_path(text: str, base: str | os.PathLike[str]) -> Path:
+    """A path a file in ``base`` recorded (``portable_path``): a relative one is under ``base``."""
+    p = Path(text)
+    return p if p.is_absolute() else Path(base).absolute() / p
 
 
 def move_aside(path: str | os.PathLike[str], why: str | None, then: str | None = None) -> Path:

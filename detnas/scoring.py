@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data.classification import ClassificationDataset, classification_transforms, normalize_images
+from .data.classification import ClassificationDataset, classification_transforms, normalize_images, read_split
 from .detectors import detector_from_checkpoint
 from .engine import recalibrate_bn
 from .coco_eval import Evaluator, coco_box_metrics
 from .evaluate import DetectionImages, detect_array
-from .io import load_checkpoint, read_json
+from .io import load_checkpoint
 from .precision import Precision
 from .space import Arch, SearchSpace, get_space
 from .supernet import Supernet, set_path
@@ -181,7 +181,7 @@ def classification_scorer(supernet_file: Path, split_file: Path, *, eval_images:
     space = get_space(ckpt["space"])
     model = Supernet(space, num_classes=len(ckpt["classes"]), dropout=ckpt.get("dropout", 0.1)).to(device)
     model.load_state_dict(ckpt["state_dict"])
-    split = read_json(split_file)
+    split = read_split(split_file)
     transform = classification_transforms(train=False, image_size=int(ckpt["image_size"]), normalize=False)
     holdout = set(split["holdout"])
     val = _stack(ClassificationDataset(Path(split["root"]), transform=transform, include=holdout), eval_images, seed)

@@ -17,6 +17,17 @@ write what is queued.
 The default store is a SQLite file, ``results/mlflow.db``; ``MLFLOW_TRACKING_URI`` in the
 environment (a team's tracking server) overrides it. SQLite allows one writer at a time, so writes
 from the jobs of one machine are serialised with a file lock next to the database, and retried.
+
+Results that move: a SQLite store's artifacts sit next to it, in ``mlflow-artifacts/`` beside
+``mlflow.db``, and the store records them by relative ``mlflow-artifacts:/<experiment>/...`` URIs
+(MLflow's proxied-artifact scheme) instead of absolute paths. The jobs write them straight to that
+folder; ``mlflow ui --backend-store-uri sqlite:///<results>/mlflow.db --artifacts-destination
+<results>/mlflow-artifacts`` (``ui_command``) serves them from wherever the folder is now, so a copied
+or archived ``results/`` opens as it was.
+
+The reader's view: the compare stage stores, on its MLflow experiment, a shared view of the runs page
+(MLflow's ``viewStateShareKey``): the evaluate runs of the compared methods, one row each, with the
+primary metric, AP50, MFLOPs and parameters as columns, best first. ``view_url`` is its address.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +62,8 @@ if TYPE_CHECKING:
 # anything imports mlflow (only this module does), and inherited by every process a job starts.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-__all__ = ["StageRun", "default_tracking_uri", "flatten", "git_commit"]
+__all__ = ["StageRun", "VIEW_KEY", "artifact_root", "comparison_view", "default_tracking_uri", "flatten",
+           "git_commit", "read_view", "ui_command", "view_url"]
 
 T = TypeVar("T")
 _PARAM_MAX = 6000  # MLflow's limit on a param value's length
@@ -69,6 +82,92 @@ def default_tracking_uri(results_dir: str | Path = "results") -> str:
         return uri
     path = Path(results_dir).resolve() / "mlflow.db"
     return f"sqlite:///{path}"
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Where a SQLite store's artifacts are: ``mlflow-artifacts/`` next to the database (None for
+    another store, e.g. a tracking server, which keeps its own)."""
+    db = _sqlite_path(uri)
+    return None if db is None else db.parent / "mlflow-artifacts"
+
+
+def ui_command(uri: str, port: int = 5000) -> str:
+    """The ``mlflow ui`` command that serves ``uri`` with its artifacts (a SQLite store's
+    ``mlflow-artifacts/`` folder wherever it is now)."""
+    root = artifact_root(uri)
+    served = f" --artifacts-destination {root}" if root is not None else ""
+    return f"mlflow ui --backend-store-uri {uri}{served} --port {port}"
+
+
+VIEW_KEY = "detnas-comparison"  # the share key of the comparison view (MLflow's viewStateShareKey)
+_VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY  # the experiment tag MLflow's runs page reads it from
+
+
+def comparison_view(run_ids: list[str], metrics: list[str]) -> dict[str, Any]:
+    """The runs page's state (MLflow's shared-view format) that shows exactly the runs ``run_ids``,
+    with the method tag and ``metrics`` as columns, sorted by the first metric, highest first.
+    ``searchFilter`` and ``orderByKey``/``orderByAsc`` are the filter and order of MLflow's run
+    search (``MlflowClient.search_runs``, ``order_by=[f"{orderByKey} DESC"]``) the page runs."""
+    ids = ", ".join(f"'{r}'" for r in run_ids)
+    return {
+        "searchFilter": f"attributes.run_id IN ({ids})",
+        "orderByKey": f"metrics.`{metrics[0]}`",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "selectedColumns": ["tags.`method`", *(f"metrics.`{m}`" for m in metrics)],
+        "runsHiddenMode": "SHOW_ALL",
+    }
+
+
+def read_view(uri: str, experiment: str) -> tuple[str, dict[str, Any]] | None:
+    """(experiment id, the comparison view) as stored on ``experiment`` in ``uri``; None when the
+    store, the experiment or its view is not there."""
+    if (db := _sqlite_path(uri)) is not None and not db.is_file():
+        return None  # MLflow would create an empty store
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception:
+        return None
+    if exp is None or _VIEW_TAG not in exp.tags:
+        return None
+    return exp.experiment_id, json.loads(exp.tags[_VIEW_TAG])
+
+
+def view_url(uri: str, experiment: str, port: int = 5000) -> str | None:
+    """The address of ``experiment``'s comparison view in ``mlflow ui`` (``ui_command``) on this
+    machine, or None without one. ``workflowType=machine_learning`` opens MLflow 3's runs page rather
+    than its GenAI pages."""
+    found = read_view(uri, experiment)
+    if found is None:
+        return None
+    return (f"http://127.0.0.1:{port}/#/experiments/{found[0]}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
+
+
+def _local_artifacts(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> Any:
+    """MLflow's repository for ``mlflow-artifacts:/...`` URIs in this process: with a SQLite store,
+    the folder next to the database (what ``mlflow ui --artifacts-destination`` serves); with a
+    tracking server, MLflow's own proxy client."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    root = artifact_root(tracking_uri or "")
+    if root is None:
+        return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    relative = urllib.parse.unquote(urllib.parse.urlparse(artifact_uri).path).lstrip("/")
+    return LocalArtifactRepository((root / relative).as_uri())
+
+
+def _register_local_artifacts() -> None:
+    """Route ``mlflow-artifacts:`` URIs through ``_local_artifacts`` (MLflow's own client needs a
+    tracking server for them). MLflow's registry of artifact schemes is internal: if it moves, the
+    import fails and the caller's tracking call reports it."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+
+    _artifact_repository_registry.register("mlflow-artifacts", _local_artifacts)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -164,6 +263,7 @@ class StageRun:
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._streams: tuple[Any, Any] | None = None
         self._client: Any = None
+        self._exp_id: str | None = None
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._queue: queue.Queue[list[Any] | None] | None = None
@@ -218,6 +318,8 @@ class StageRun:
             logging.getLogger(name).setLevel(logging.WARNING)
         try:
             from mlflow.tracking import MlflowClient
+
+            _register_local_artifacts()
         except Exception as exc:
             self._warn(f"cannot import mlflow ({exc}); tracking is off")
             self.enabled = False
@@ -226,7 +328,7 @@ class StageRun:
         def start() -> str:
             client = MlflowClient(tracking_uri=self.uri)
             self._client = client
-            exp_id = self._experiment_id(client)
+            exp_id = self._exp_id = self._experiment_id(client)
             tags = {"git_commit": git_commit(), "host": socket.gethostname(),
                     "job_key": job_key(self.experiment, self.tags, self.results_dir), **self.tags}
             run_id = self._reopen(client, exp_id, tags) if self.resume_run_id else None
@@ -258,8 +360,8 @@ class StageRun:
         if exp is not None:
             return exp.experiment_id
         location = None
-        if _sqlite_path(self.uri) is not None:
-            location = (self.results_dir.resolve() / "mlflow-artifacts" / self.experiment).as_uri()
+        if _sqlite_path(self.uri) is not None:  # relative: the store and its artifacts move together
+            location = f"mlflow-artifacts:/{urllib.parse.quote(self.experiment, safe='')}"
         try:
             # the MLflow 3 UI then opens these experiments on their runs ("Model training")
             return client.create_experiment(self.experiment, artifact_location=location,
@@ -342,6 +444,13 @@ class StageRun:
             return
         for k, v in tags.items():
             self._call("set tag", lambda k=k, v=v: self._client.set_tag(self.run_id, k, str(v)))
+
+    def set_view(self, view: dict[str, Any]) -> None:
+        """Store ``view`` (``comparison_view``) as the experiment's comparison view (``view_url``)."""
+        if self.run_id is None or self._exp_id is None:
+            return
+        text = json.dumps(view)
+        self._call("set the comparison view", lambda: self._client.set_experiment_tag(self._exp_id, _VIEW_TAG, text))
 
     def log_artifacts(self, *paths: str | Path) -> None:
         """Small outputs (metrics.json, plots, CSVs); missing files are skipped."""

@@ -1,11 +1,20 @@
 """The Snakemake DAG itself: planning every experiment, running stages, rerunning only what changed."""
 
+import contextlib
 import json
 import os
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -171,31 +180,109 @@ def test_end_to_end_report(micro_run, tmp_path):
     assert_report(clone_workdir(micro_run, tmp_path / "wd"))
 
 
-def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:
-    """Start `mlflow ui` on the store and ask its REST API what the UI lists for a filter."""
-    import socket
-    import time
-    import urllib.request
-
+@contextlib.contextmanager
+def _mlflow_ui(command: str) -> Iterator[str]:
+    """`mlflow ui` as ``command`` (what `python -m detnas report` prints) on a free local port; yields
+    its address once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow, "ui", "--backend-store-uri", backend_uri, "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = shlex.split(command)
+    argv[0] = str(Path(sys.executable).parent / "mlflow")
+    argv[argv.index("--port") + 1] = str(port)
+    server = subprocess.Popen([*argv, "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 50}).encode()
         deadline = time.time() + 90
         while True:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search", data=body,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    return json.loads(resp.read())["runs"]
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.5)
+        yield url
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _get(url: str, path: str, body: dict | None = None) -> bytes:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read()
+
+
+def _ui_search(backend_uri: str, experiment_id: str, filter_string: str) -> list[dict]:
+    """Start `mlflow ui` on the store and ask its REST API what the UI lists for a filter."""
+    with _mlflow_ui(f"mlflow ui --backend-store-uri {backend_uri} --port 0") as url:
+        body = {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 50}
+        return json.loads(_get(url, "/ajax-api/2.0/mlflow/runs/search", body))["runs"]
+
+
+def _artifact_files(url: str, run_id: str, path: str = "") -> list[str]:
+    query = urllib.parse.urlencode({"run_id": run_id, **({"path": path} if path else {})})
+    listed = json.loads(_get(url, f"/ajax-api/2.0/mlflow/artifacts/list?{query}")).get("files", [])
+    return [f for e in listed for f in (_artifact_files(url, run_id, e["path"]) if e["is_dir"] else [e["path"]])]
+
+
+@pytest.mark.slow
+def test_end_to_end_mlflow_view_and_moved_results(micro_run, tmp_path):
+    """The view `python -m detnas report` prints lists, through MLflow's own search with its filter
+    and order (the client's and the UI server's), exactly one evaluate run per compared method with
+    the view's metric columns, best first. A copy of results/ in another folder serves every artifact
+    of every run from the copy: the store holds no path of the original."""
+    from mlflow.tracking import MlflowClient
+
+    from detnas.tracking import read_view
+
+    moved = tmp_path / "elsewhere" / "results"
+    shutil.copytree(micro_run / "results", moved, symlinks=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    report = subprocess.run([sys.executable, "-m", "detnas", "report", "--results", str(moved),
+                             "--config", str(micro_run / "config" / "config.yaml")],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert report.returncode == 0, report.stderr
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in report.stdout.splitlines()
+             if line.startswith(("MLflow UI:", "comparison:"))}
+    uri = f"sqlite:///{moved}/mlflow.db"
+    assert lines["MLflow UI"] == f"mlflow ui --backend-store-uri {uri} --artifacts-destination {moved}/mlflow-artifacts --port 5000"
+    exp_id, view = read_view(uri, "shapes_fpn")
+    assert lines["comparison"] == (f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs"
+                                   "?workflowType=machine_learning&viewStateShareKey=detnas-comparison")
+
+    table = pd.read_csv(moved / "shapes_fpn" / "comparison.csv")
+    compared = sorted(table.loc[table["mlflow_run_id"].notna(), "method"])
+    assert set(METHODS) <= set(compared)
+    metrics = [c.removeprefix("metrics.`").removesuffix("`") for c in view["selectedColumns"] if c.startswith("metrics.")]
+    assert metrics[:4] == ["AP", "AP50", "mflops", "backbone_params_m"] and "tags.`method`" in view["selectedColumns"]
+    order = f"{view['orderByKey']} {'ASC' if view['orderByAsc'] else 'DESC'}"
+    runs = MlflowClient(uri).search_runs([exp_id], view["searchFilter"], order_by=[order])
+    assert sorted(r.data.tags["method"] for r in runs) == compared  # one row per method
+    for r in runs:
+        assert r.data.tags["stage"] == "evaluate" and set(metrics) <= set(r.data.metrics), r.data.tags["method"]
+    values = [r.data.metrics["AP"] for r in runs]
+    assert values == sorted(values, reverse=True)
+
+    # the copy alone: no artifact address names the original folder
+    client = MlflowClient(uri)
+    every = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert every and all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in every)
+    assert str(micro_run) not in (moved / "mlflow.db").read_bytes().decode("latin-1")
+    first = runs[0]
+    stored = moved / "mlflow-artifacts" / first.info.artifact_uri.removeprefix("mlflow-artifacts:/") / "final.json"
+    stored.write_text(stored.read_text() + "\n")  # the server must read the copy's file, not the original's
+    with _mlflow_ui(lines["MLflow UI"]) as url:
+        body = {"experiment_ids": [exp_id], "filter": view["searchFilter"], "order_by": [order], "max_results": 50}
+        listed = json.loads(_get(url, "/ajax-api/2.0/mlflow/runs/search", body))["runs"]
+        assert [r["info"]["run_id"] for r in listed] == [r.info.run_id for r in runs]  # what the page lists
+        served = 0
+        for r in every:
+            base = moved / "mlflow-artifacts" / r.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+            for path in _artifact_files(url, r.info.run_id):
+                query = urllib.parse.urlencode({"path": path, "run_uuid": r.info.run_id})
+                assert _get(url, f"/get-artifact?{query}") == (base / path).read_bytes(), path
+                served += 1
+        assert served >= 2 * len(compared)  # each evaluate run's final.json and detections.png, and more

@@ -28,6 +28,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..io import read_json, recorded_path
 from .coco import DataError, class_key, file_key, part_count
 from .images import read_rgb8
 
@@ -37,6 +38,7 @@ __all__ = [
     "ClassificationDataset",
     "TrainAugmentation",
     "classification_transforms",
+    "read_split",
     "normalize_images",
     "pil_classification_transforms",
     "read_pil",
@@ -364,3 +366,13 @@ def classification_transforms(*, train: bool, image_size: int, normalize: bool =
 def normalize_images(x: Tensor) -> Tensor:
     """uint8 images (B, 3, H, W) -> float32, normalized exactly as ``classification_transforms`` does."""
     return _as_float(x, lambda chunk, rows: _scale_and_normalize(chunk))
+
+
+def read_split(path: Path) -> dict:
+    """A classification split.json with its ``root`` and ``val_root`` as absolute paths (the split
+    stage records folders under the split's own folder relative to it: ``portable_path``)."""
+    split = read_json(path)
+    for key in ("root", "val_root"):
+        if split.get(key):
+            split[key] = str(recorded_path(split[key], Path(path).parent))
+    return split

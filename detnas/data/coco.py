@@ -34,6 +34,7 @@ from torchvision import tv_tensors
 from torchvision.io import read_file
 from torchvision.transforms import v2
 
+from ..io import recorded_path
 from .errors import DataError
 from .images import read_rgb8, stored_size
 from ..io import write_json_atomic  # re-exported: callers write prepared/split files with it
@@ -463,7 +464,7 @@ class DetectionDataset(Dataset):
         roots = data.get("detnas", {}).get("image_roots")
         if not roots:
             raise DataError(f"{self.ann_file}: no 'detnas.image_roots'; prepare it with prepare_detection first")
-        self.image_roots = [Path(r) for r in roots]
+        self.image_roots = [recorded_path(r, self.ann_file.parent) for r in roots]  # relative: to the file
         self.train = train
         self.coco = _quiet_coco(data)
         self.category_ids: list[int] = sorted(self.coco.cats)

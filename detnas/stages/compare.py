@@ -12,9 +12,10 @@ import pandas as pd
 from ..formatting import fmt_number
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_comparison
-from ..tracking import StageRun
+from ..tracking import StageRun, comparison_view
+from .summary import summary_table
 
-__all__ = ["COLUMNS", "fmt_cell", "health_cell", "health_marker", "health_warnings", "noise_yardstick", "run_compare", "run_random_archs_summary",
+__all__ = ["COLUMNS", "VIEW_METRICS", "method_view", "fmt_cell", "health_cell", "health_marker", "health_warnings", "noise_yardstick", "run_compare", "run_random_archs_summary",
            "summarize_finals"]
 
 COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "primary_metric", "primary_value", "AP", "AP50", "AP75",
@@ -23,6 +24,17 @@ VOC_COLUMNS = ["mAP50_voc07", "mAP50_voc12"]  # VOC experiments only
 # the spread of the random architectures' row (empty for a single network)
 STD_COLUMNS = [f"{c}_std" for c in ("mflops", "primary_value", "AP", "AP50", "AP75", "APs", "APm", "APl", "top1",
                                     *VOC_COLUMNS)]
+# the MLflow comparison view's metric columns after the primary metric, where the runs log them
+# (the evaluate runs' metrics: detnas/stages/evaluate.py's _tracked)
+VIEW_METRICS = ["AP50", "mflops", "backbone_params_m", "top1", "latency_ms", "cost_gpu_hours"]
+
+
+def method_view(finals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The experiment's MLflow view (``detnas.tracking.comparison_view``): the evaluate run of each
+    compared method (its final.json's ``mlflow_run_id``), the primary metric first."""
+    primary = next((str(f["primary_metric"]) for f in finals if f.get("primary_metric")), "AP")
+    shown = [m for m in VIEW_METRICS if m != primary and any(f.get(m) is not None for f in finals)]
+    return comparison_view([str(f["mlflow_run_id"]) for f in finals if f.get("mlflow_run_id")], [primary, *shown])
 
 
 def random_archs_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +108,8 @@ def fmt_cell(value: Any) -> Any:
 
 
 def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path, png_out: Path,
-                experiment: str, mlflow: dict[str, Any], random_archs: Path | None = None) -> pd.DataFrame:
+                experiment: str, mlflow: dict[str, Any], random_archs: Path | None = None,
+                summary_out: Path | None = None) -> pd.DataFrame:
     """One row per method (from its final.json), plus the random architectures' row (mean +- std,
     from their summary.json) when given; the plot adds the search curves of ``histories``.
 
@@ -121,6 +134,8 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format=fmt_number)
     write_text_atomic(buf.getvalue(), csv_out)
+    if summary_out is not None:  # the report's front page (detnas.stages.summary)
+        write_text_atomic(summary_table(table).to_csv(index=False), summary_out)
     curves = {m: pd.read_csv(p) for m, p in histories.items()}
     plot_comparison(table, curves, png_out, title=(f"{experiment}: methods side by side; searched on the detection supernet fine-tuned from the "
                                             "pre-trained supernet (scratch: trained from scratch; clsnas: the classification supernet)"))
@@ -131,6 +146,7 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
             run.log_metrics({f"{name}_{k}": v for k, v in values.items() if pd.notna(v)}, 0)
         run.log_table(table, "comparison.json")
         run.log_artifacts(csv_out, png_out)
+        run.set_view(method_view(rows))
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(_shown(table).to_string(index=False))
     return table

@@ -15,6 +15,7 @@ from ..data.classification import (
     ClassificationDataset,
     classification_transforms,
     normalize_images,
+    read_split,
     train_augmentation,
 )
 from ..distributed import Dist, init_distributed, loader_workers, process_seed, set_threads, workers_line
@@ -30,7 +31,7 @@ from ..engine import (
 from ..evaluate import top1_counts
 from ..formatting import fmt_number
 from ..health import loss_health, loss_health_line
-from ..io import read_json, save_checkpoint, write_json_atomic
+from ..io import save_checkpoint, write_json_atomic
 from ..plots import plot_training_curves
 from ..precision import Precision
 from ..settings import known_keys
@@ -91,7 +92,7 @@ def run_pretrain(
     precision = Precision.resolve(cfg.amp, cfg.channels_last, dist.device)
     set_threads(threads, dist.world_size, workers=loader_workers(threads, dist.world_size))
     space = get_space(cfg.space)
-    split = read_json(split_file)
+    split = read_split(split_file)
     classes = split["classes"]
     torch.manual_seed(cfg.seed)
     if arch is None:

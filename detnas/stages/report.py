@@ -11,7 +11,7 @@ import yaml
 
 from ..formatting import fmt_number
 from ..io import read_json
-from ..tracking import default_tracking_uri
+from ..tracking import default_tracking_uri, ui_command, view_url
 from .compare import fmt_cell, health_marker, health_warnings
 from .ranking import summary_lines
 
@@ -82,4 +82,8 @@ def run_report(*, experiment: str | None, config: Path, results: Path) -> None:
         print(f"report:      {report.resolve()}")
     print(f"search:      {root.resolve()}/<method>/search/ (arch.json, history.csv, curve.png)")
     print(f"logs:        {results.resolve()}/logs/")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {default_tracking_uri(results)}")
+    uri = default_tracking_uri(results)
+    print(f"MLflow UI:   {ui_command(uri)}")
+    url = view_url(uri, experiment)
+    if url is not None:  # the evaluate run of each compared method, best first
+        print(f"comparison:  {url}")

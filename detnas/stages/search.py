@@ -378,7 +378,8 @@ def _lead(
                            ylabel="top-1 (held-out)" if s.method == "clsnas" else "mmAP (search split)",
                            title=_curve_title(mlflow, s.method, space.name))
         write_json_atomic(result, arch_out)
-        run.set_tags({"arch": chosen.arch, "method": s.method})
+        # the job's own method tag stays (DetNAS-scratch runs the detnas EA: method=scratch)
+        run.set_tags({"arch": chosen.arch, "search_algorithm": s.method})
         run.log_metrics({"chosen_fitness": chosen.fitness, "chosen_mflops": result["mflops"]}, len(rows))
         run.log_artifacts(arch_out, history_out, curve_out)
         if s.repeats > 1:

@@ -15,7 +15,7 @@ from typing import Any
 from ..data.classification import scan_image_folder, split_classification
 from ..data.coco import DataError, class_key, image_files, prepare_detection, split_detection, validate_detection
 from ..data.voc import voc_to_coco
-from ..io import write_json_atomic
+from ..io import portable_path, write_json_atomic
 from ..tracking import StageRun
 
 __all__ = ["run_split_classification", "run_split_detection"]
@@ -123,8 +123,10 @@ def run_split_detection(settings: dict[str, Any], *, out_dir: Path, mlflow: dict
                             f"candidates on; raise {entry}.split.size")
         metrics["classes"] = [c["name"] for c in train["categories"]]
         metrics["dropped_boxes"] = dropped
-        for name, d in parts.items():
-            write_json_atomic(d, Path(out_dir) / f"{name}.json", indent=None)
+        for name, d in parts.items():  # image roots under out_dir recorded relative to it (portable_path)
+            roots = [portable_path(r, out_dir) for r in d["detnas"]["image_roots"]]
+            write_json_atomic({**d, "detnas": {**d["detnas"], "image_roots": roots}}, Path(out_dir) / f"{name}.json",
+                              indent=None)
         write_json_atomic(metrics, Path(out_dir) / "split_metrics.json")
         for name in parts:
             m = metrics[name]
@@ -151,6 +153,7 @@ def run_split_classification(settings: dict[str, Any], *, out: Path, mlflow: dic
                 f"(e.g. {sorted(set(val_classes) ^ set(split['classes']))[:3]})"
             )
         split["val_root"] = str(Path(settings["val"]).absolute())
+        split.update({k: portable_path(split[k], Path(out).parent) for k in ("root", "val_root")})
         split["val_images"] = len(val_samples)
         write_json_atomic(split, out)
         print(f"split: {len(split['classes'])} classes, {len(split['holdout'])} held-out training images, "

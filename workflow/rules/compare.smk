@@ -21,6 +21,9 @@ rule compare:
                    category="{experiment}", subcategory="comparison"),
         png=report(f"{R}/{{experiment}}/comparison.png", caption="../report/comparison.rst",
                    category="{experiment}", subcategory="comparison"),
+        # the report's front page table (workflow/report/workflow.rst): every network, best first
+        summary=report(f"{R}/{{experiment}}/comparison_summary.csv", caption="../report/comparison_summary.rst",
+                       category="{experiment}", subcategory="comparison"),
     params:
         histories=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(("detnas", "random"), input.histories)),
         random_archs=lambda w, input: f"--random-archs {input.random_archs}" if input.random_archs else "",
@@ -31,4 +34,4 @@ rule compare:
         f"{R}/benchmarks/compare/{{experiment}}.tsv"
     shell:
         "python -m detnas compare --experiment {wildcards.experiment} --final {input.finals}"
-        " --history {params.histories} {params.random_archs} --csv {output.csv} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"
+        " --history {params.histories} {params.random_archs} --csv {output.csv} --summary {output.summary} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"
