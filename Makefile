@@ -25,10 +25,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The embedded demo end to end on this machine: synthetic data, the five methods, the comparison,
-# then the report. One thread per job: the demo's tiny networks finish sooner as one-thread jobs side
+# then the report. The console shows the progress (`--quiet rules`: not each job's description; every
+# job's output is in results/logs/, and a failing job's log is printed). One thread per job: the demo's tiny networks finish sooner as one-thread jobs side
 # by side than as multi-threaded jobs one after another.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --max-threads 1
+	$(BIN)/snakemake --cores $(CORES) --max-threads 1 --quiet rules
 	@$(MAKE) --no-print-directory report
 
 # results/report.html: every figure and table of the default target's jobs, each with its caption,
@@ -46,7 +47,7 @@ report: $(STAMP)
 		rm -f $$log; exit 1; \
 	fi; \
 	rm -f $$log; echo "report: results/report.html (open it in a browser)"
-	$(BIN)/python -m detnas report
+	$(BIN)/python -m detnas report --html results/report.html
 
 clean-results:
 	rm -rf results .snakemake

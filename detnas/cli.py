@@ -482,8 +482,10 @@ def _add_plot_archs(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .stages.report import run_report
+    from .stages.report import retitle_report, run_report
 
+    if args.html is not None:
+        retitle_report(args.html)
     run_report(experiment=args.experiment, config=args.config, results=args.results)
     return 0
 
@@ -495,6 +497,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", help="default: demo_experiment of the config")
     p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
     p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--html", type=Path, help="a Snakemake report of these results (make report's results/report.html): "
+                   "give its page the front page's title, naming the project and the experiments")
     p.set_defaults(func=_report)
 
 

@@ -32,6 +32,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)
 
 
+def _tree(path: Path) -> set[Path] | None:
+    return set(path.rglob("*")) if path.exists() else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_results_untouched():
+    """The tests write nowhere in the checkout's results/ (the pipeline's folder, maybe holding a
+    user's demo): each works in its own temporary folder and MLflow store."""
+    results = ROOT / "results"
+    before = _tree(results)
+    yield
+    after = _tree(results)
+    added = sorted(str(p.relative_to(ROOT)) for p in (after or set()) - (before or set()))
+    assert not added and (before is not None or after is None), f"the tests wrote under {results}: {added[:8]}"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(tmp_path, monkeypatch):
     """Every test tracks into its own SQLite store unless it sets MLFLOW_TRACKING_URI itself."""

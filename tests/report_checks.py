@@ -36,6 +36,7 @@ def expected_results(config: dict[str, Any]) -> dict[str, tuple[str, str]]:
     expected = {
         f"{d}/comparison.csv": (name, "comparison"),
         f"{d}/comparison.png": (name, "comparison"),
+        f"{d}/comparison_summary.csv": (name, "comparison"),
         f"{d}/search_curves.png": (name, "search curves"),
         f"{d}/ranking.png": (name, "ranking quality"),
         f"{d}/architectures.png": (name, "architectures"),
@@ -112,3 +113,22 @@ def assert_report(wd: Path) -> None:
 
     _assert_rendered("front page", front)
     assert f"showCategory('{name}')" in front, "the front page names (and links) the experiment"
+    _assert_front_page_answers(wd, front, name)
+
+
+def _assert_front_page_answers(wd: Path, front: str, name: str) -> None:
+    """The front page opens on the answer: a title naming the project and the experiment, then the
+    experiment's section with its comparison table (every row of comparison_summary.csv, best first)
+    and the comparison figure embedded, before anything else."""
+    title = re.search(r"<h1[^>]*>(.*?)</h1>", front, flags=re.S)
+    assert title and "detnas" in title.group(1) and name in title.group(1), front[:500]
+    sections = re.findall(r'<div class="section" id="([^"]+)">', front)
+    assert sections and sections[0] == name.replace("_", "-"), sections  # docutils ids: "shapes_fpn" -> "shapes-fpn"
+    first = front.split(f'<div class="section" id="{sections[0]}">', 1)[1].split('<div class="section"', 1)[0]
+    assert "<table" in first and "<img" in first, first[:2000]
+    assert first.index("<table") < first.index("<img")
+    rows = [line.split(",")[0] for line in (wd / f"results/{name}/comparison_summary.csv").read_text().splitlines()[1:]]
+    cells = re.findall(r"<tr><td>([^<]*)</td>", first)
+    assert cells == rows and len(rows) >= 6, (cells, rows)
+    src = re.search(r'<img[^>]*src="data:image/png;[^"]*base64,([^"]+)"', first)
+    assert src and base64.b64decode(src.group(1)) == (wd / f"results/{name}/comparison.png").read_bytes()

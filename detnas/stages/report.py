@@ -3,6 +3,9 @@ results, logs and MLflow store are. ``make report`` (and so ``make demo``) ends 
 
 from __future__ import annotations
 
+import json
+import re
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +13,12 @@ import pandas as pd
 import yaml
 
 from ..formatting import fmt_number
-from ..io import read_json
+from ..io import read_json, write_text_atomic
 from ..tracking import default_tracking_uri, ui_command, view_url
 from .compare import fmt_cell, health_marker, health_warnings
 from .ranking import summary_lines
 
-__all__ = ["comparison_text", "primary_metric", "run_report"]
+__all__ = ["comparison_text", "primary_metric", "retitle_report", "run_report"]
 
 
 def primary_metric(df: pd.DataFrame, root: Path, table: Path) -> str:
@@ -51,6 +54,20 @@ def comparison_text(df: pd.DataFrame, primary: str) -> str:
     if "health" in df:
         shown["health"] = [health_marker(h) for h in df["health"]]
     return shown.map(fmt_cell).to_string(index=False)
+
+
+def retitle_report(html: Path) -> str | None:
+    """Give the Snakemake report ``html`` its front page's title (the project and the experiments,
+    from workflow/report/workflow.rst) as the page title, in place of Snakemake's fixed "Snakemake
+    Report"; returns it (None, and the file untouched, where either is missing)."""
+    text = html.read_text(encoding="utf-8")
+    desc = re.search(r'<script id="workflow-desc">\s*var workflow_desc = (.*?);\s*</script>', text, flags=re.S)
+    heading = re.search(r'<h1 class="title">(.*?)</h1>', json.loads(desc.group(1))) if desc else None
+    if heading is None or "<title>Snakemake Report</title>" not in text:
+        return None
+    title = re.sub(r"<[^>]+>", "", heading.group(1))
+    write_text_atomic(text.replace("<title>Snakemake Report</title>", f"<title>{html_escape(title)}</title>", 1), html)
+    return title
 
 
 def run_report(*, experiment: str | None, config: Path, results: Path) -> None:
