@@ -12,7 +12,8 @@ from conftest import evaluate_found_boxes
 import detnas.stages.evaluate as evaluate_stage
 from detnas.evaluate import COCO_METRICS
 from detnas.io import write_json_atomic
-from detnas.stages.compare import run_compare, summarize_finals
+from detnas.stages.compare import method_view, run_compare, summarize_finals
+from detnas.tracking import read_view, view_url
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,26 @@ def test_compare_logs_the_table_the_csv_and_the_plot(tmp_path, store):
     assert logged["data"][0][column("arch")] == "00120312"  # an encoding stays a string, leading zeros and all
     assert logged["data"][2][column("top1")] is None
     assert run.data.metrics["detnas_AP"] == pytest.approx(0.3) and "scratch_top1" not in run.data.metrics
+
+    # the experiment's comparison view: the evaluate run of each compared method, AP first, best first
+    exp_id, view = read_view(store["tracking_uri"], "compare")
+    assert exp_id == run.info.experiment_id
+    assert view["searchFilter"] == "attributes.run_id IN ('run-detnas', 'run-random', 'run-scratch')"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`AP`", False)
+    assert view["selectedColumns"] == ["tags.`method`", "metrics.`AP`", "metrics.`AP50`", "metrics.`mflops`",
+                                       "metrics.`backbone_params_m`", "metrics.`top1`"]
+    assert view_url(store["tracking_uri"], "compare", port=5001) == (
+        f"http://127.0.0.1:5001/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=detnas-comparison")
+    assert view_url(store["tracking_uri"], "no such experiment") is None
+
+
+def test_the_view_of_a_voc_experiment_sorts_by_its_primary_metric():
+    finals = [{"method": m, "mlflow_run_id": f"id-{m}", "primary_metric": "mAP50_voc07", "AP50": 0.5, "mflops": 30.0}
+              for m in ("detnas", "random")] + [{"method": "clsnas", "mlflow_run_id": None}]
+    view = method_view(finals)
+    assert view["searchFilter"] == "attributes.run_id IN ('id-detnas', 'id-random')"  # a run tracking missed: left out
+    assert view["orderByKey"] == "metrics.`mAP50_voc07`"
+    assert view["selectedColumns"] == ["tags.`method`", "metrics.`mAP50_voc07`", "metrics.`AP50`", "metrics.`mflops`"]
 
 
 def _evaluate(tmp_path, store, test_file, monkeypatch, *, primary, classifier):

@@ -1,6 +1,9 @@
 """The primary metric by its name: the evaluate stage's final.json and MLflow metrics (VOC figures and
 per-class APs), and the report's first metric column."""
 
+import json
+
+import pandas as pd
 import pytest
 from conftest import evaluate_found_boxes
 
@@ -86,3 +89,36 @@ def test_report_falls_back_to_final_json_then_ap(tmp_path, capsys):
     assert _report(tmp_path, capsys)[3:] == ["AP", "AP50", "APs", "APm", "APl", "top1"]
     write_json_atomic({"primary_metric": "AP50"}, root / "final.json")  # written before primary_value existed
     assert _report(tmp_path, capsys)[3:] == ["AP50", "AP", "APs", "APm", "APl", "top1"]
+
+
+def test_the_front_page_table_says_what_each_row_is_best_first(tmp_path):
+    from detnas.stages.summary import summary_table
+
+    table = pd.DataFrame({
+        "method": ["detnas", "random", "random archs (n=3)", "shufflenetv2_unscaled"],
+        "network": ["DetNAS: EA on the detection supernet", "random search", None, "ShuffleNetV2 at the space's own widths"],
+        "primary_metric": ["mAP50_voc07"] * 4, "primary_value": [0.61, 0.64, 0.6, None],
+        "mAP50_voc07": [0.61, 0.64, 0.6, 0.55], "AP": [0.3, 0.31, 0.29, 0.28], "AP50": [0.6, 0.62, 0.59, 0.5],
+        "mflops": [30.04, 29.96, 30.0, 41.2], "mflops_std": [None, None, 0.5, None],
+        "primary_value_std": [None, None, 0.02, None], "backbone_params_m": [1.2, 1.1, 1.15, 1.4],
+        "top1": [0.7, 0.72, 0.71, 0.69], "health": ["ok", "HEALTH: detector loss rose", "ok", "-"],
+        "vs_random_archs": ["+0.5 std (within noise)", "+2.0 std", "-", "-2.5 std"]})
+    out = summary_table(table)
+    assert list(out.columns) == ["network", "method", "mAP50_voc07", "AP50", "AP", "MFLOPs", "params (M)", "top-1",
+                                 "vs random archs", "health"]
+    assert list(out["method"]) == ["random", "detnas", "random archs (n=3)", "shufflenetv2_unscaled"]  # by the metric
+    assert out["network"][2] == "random archs (n=3)"  # no description: the method's name
+    assert out["mAP50_voc07"][2] == "0.6000 +- 0.0200" and out["MFLOPs"][2] == "30.0 +- 0.5"
+    assert out["mAP50_voc07"][3] == "0.5500"  # the named column where primary_value is missing
+    assert list(out["health"]) == ["FLAGGED", "ok", "ok", "ok"]
+
+
+def test_the_report_page_takes_its_front_page_title(tmp_path):
+    from detnas.stages.report import retitle_report
+
+    desc = json.dumps('<div class="document"><h1 class="title">detnas: DetNAS &amp; co, experiment a_b</h1></div>')
+    page = tmp_path / "report.html"
+    page.write_text(f"<head><title>Snakemake Report</title></head>\n<script id=\"workflow-desc\">\nvar workflow_desc = {desc};\n</script>")
+    assert retitle_report(page) == "detnas: DetNAS & co, experiment a_b"
+    assert "<title>detnas: DetNAS &amp; co, experiment a_b</title>" in page.read_text()
+    assert retitle_report(page) is None  # titled already: left alone

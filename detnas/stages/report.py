@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from html import escape as html_escape
+from html import unescape as html_unescape
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def retitle_report(html: Path) -> str | None:
     heading = re.search(r'<h1 class="title">(.*?)</h1>', json.loads(desc.group(1))) if desc else None
     if heading is None or "<title>Snakemake Report</title>" not in text:
         return None
-    title = re.sub(r"<[^>]+>", "", heading.group(1))
+    title = html_unescape(re.sub(r"<[^>]+>", "", heading.group(1)))
     write_text_atomic(text.replace("<title>Snakemake Report</title>", f"<title>{html_escape(title)}</title>", 1), html)
     return title
 
