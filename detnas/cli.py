@@ -325,7 +325,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     histories = dict(h.split("=", 1) for h in args.history)
     run_compare(finals=args.final, histories={k: Path(v) for k, v in histories.items()}, csv_out=args.csv,
-                png_out=args.png, experiment=args.experiment, mlflow=args.mlflow, random_archs=args.random_archs)
+                png_out=args.png, experiment=args.experiment, mlflow=args.mlflow, random_archs=args.random_archs,
+                max_mflops=args.max_mflops)
     return 0
 
 
@@ -337,6 +338,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--final", type=Path, nargs="+", required=True, help="final.json of each method")
     p.add_argument("--history", nargs="*", default=[], help="METHOD=history.csv of searches to plot")
     p.add_argument("--random-archs", type=Path, help="summary.json of the random architectures: one row, mean +- std")
+    p.add_argument("--max-mflops", type=float, help="the experiment's FLOPs limit (search.max_mflops), which the "
+                   "rows' descriptions name; default: none")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--png", type=Path, required=True)
     _stage_args(p, settings=False)
