@@ -411,7 +411,7 @@ def _add_search_curves(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", nargs="+", required=True, help="METHOD=history.csv of each search")
     p.add_argument("--population", type=int, required=True, help="k of the top-k mean (the search's population)")
     p.add_argument("--title", default="", help="the figure's title (name the experiment and the supernet)")
-    p.add_argument("--ylabel", default="mmAP (search split)", help="what the fitness is")
+    p.add_argument("--ylabel", default="mmAP (search split, 0-1)", help="what the fitness is")
     p.add_argument("--png", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     p.set_defaults(func=_search_curves)
