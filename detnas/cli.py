@@ -326,7 +326,7 @@ def _compare(args: argparse.Namespace) -> int:
     histories = dict(h.split("=", 1) for h in args.history)
     run_compare(finals=args.final, histories={k: Path(v) for k, v in histories.items()}, csv_out=args.csv,
                 png_out=args.png, experiment=args.experiment, mlflow=args.mlflow, random_archs=args.random_archs,
-                summary_out=args.summary)
+                max_mflops=args.max_mflops, summary_out=args.summary)
     return 0
 
 
@@ -338,6 +338,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--final", type=Path, nargs="+", required=True, help="final.json of each method")
     p.add_argument("--history", nargs="*", default=[], help="METHOD=history.csv of searches to plot")
     p.add_argument("--random-archs", type=Path, help="summary.json of the random architectures: one row, mean +- std")
+    p.add_argument("--max-mflops", type=float, help="the experiment's FLOPs limit (search.max_mflops), which the "
+                   "rows' descriptions name; default: none")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--summary", type=Path, help="also the report's front page table: every network, best first")
     p.add_argument("--png", type=Path, required=True)
@@ -410,7 +412,7 @@ def _add_search_curves(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", nargs="+", required=True, help="METHOD=history.csv of each search")
     p.add_argument("--population", type=int, required=True, help="k of the top-k mean (the search's population)")
     p.add_argument("--title", default="", help="the figure's title (name the experiment and the supernet)")
-    p.add_argument("--ylabel", default="mmAP (search split)", help="what the fitness is")
+    p.add_argument("--ylabel", default="mmAP (search split, 0-1)", help="what the fitness is")
     p.add_argument("--png", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     p.set_defaults(func=_search_curves)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["fmt_number"]
+import numpy as np
+
+__all__ = ["fmt_number", "fmt_significant"]
 
 
 def fmt_number(value: float | None, decimals: int = 4) -> str:
@@ -16,3 +18,18 @@ def fmt_number(value: float | None, decimals: int = 4) -> str:
     if value == 0 or not math.isfinite(value) or abs(value) >= 10.0 ** -(decimals - 1):
         return f"{value:.{decimals}f}"
     return f"{value:.3g}"
+
+
+def fmt_significant(value: float, digits: int = 4) -> str:
+    """``value`` with ``digits`` significant digits, always positional (never ``1e-05``), trailing
+    zeros dropped, and never fewer digits than its whole part has (a count stays exact):
+    0.91345678 -> "0.9135", 1.3e-06 -> "0.0000013", 299.87 -> "299.9", 12.0 -> "12", 12345.6 -> "12346".
+
+    The one number format of comparison.csv: every float of the table reads the same way, and a
+    tiny mmAP still shows its size."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    whole = math.floor(math.log10(abs(value))) + 1 if abs(value) >= 1 else 0
+    return np.format_float_positional(value, precision=max(digits, whole), unique=False, fractional=False, trim="-")

@@ -97,3 +97,25 @@ def test_workflow_plans_the_figure(tmp_path):
     # the searches, the hand-crafted baseline and the two random architectures of the micro config
     assert jobs["search"] == 4 and jobs["handcrafted_arch"] == 1 and jobs["random_arch"] == 2
     assert "retrain_finetune" not in jobs  # the chosen architectures, not their training
+
+
+def test_title_and_caption_name_the_pretraining_data_of_the_config(tmp_path):
+    """The demo's supernet is pre-trained on a synthetic stand-in, not on ImageNet: the figure's
+    title and its report caption name the data of the config's pretrain entry."""
+    from types import SimpleNamespace
+
+    import jinja2
+    import yaml
+
+    from workflow import ROOT, snakemake
+
+    wd = make_workdir(tmp_path)
+    shell = snakemake(wd, "-n", "-p", "results/shapes_fpn/architectures.png").stdout
+    command = next(line for line in shell.splitlines() if "detnas plot-archs" in line)
+    assert "supernet pre-trained on shapes_cls (synthetic)" in command and "ImageNet" not in command
+
+    config = yaml.safe_load((wd / "config" / "config.yaml").read_text())  # as Snakemake's report renders it
+    caption = jinja2.Template((ROOT / "workflow" / "report" / "architectures.rst").read_text()).render(
+        snakemake=SimpleNamespace(config=config, wildcards=SimpleNamespace(experiment="shapes_fpn")))
+    assert "pre-trained on\n``shapes_cls`` (pre-training ``micro``, synthetic images standing in for ImageNet)" in caption
+    assert "pre-trained on ImageNet" not in caption

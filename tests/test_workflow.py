@@ -30,10 +30,11 @@ def test_dry_run_plans_every_experiment(tmp_path):
     jobs = planned(wd, *[f"results/{name}/comparison.csv" for name in experiments])
     n = len(experiments)
     randoms = sum(e.get("random_archs", {}).get("count", 20) for e in experiments.values())  # the paper's 20 by default
-    methods = len(METHODS)  # each retrained and evaluated; DetNAS's evaluation is evaluate_detnas
+    # each retrained and evaluated, the unscaled ShuffleNetV2 too; DetNAS's evaluation is evaluate_detnas
+    methods = len(METHODS) + 1
     assert jobs["compare"] == n and jobs["evaluate_detnas"] == n and jobs["evaluate"] == (methods - 1) * n + randoms
     assert jobs["search"] == 4 * n and jobs["finetune_supernet"] == 2 * n
-    assert jobs["handcrafted_arch"] == n
+    assert jobs["handcrafted_arch"] == jobs["handcrafted_arch_unscaled"] == n
     assert jobs["random_arch"] == randoms and jobs["random_archs_summary"] == n
     assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == methods * n + randoms
     # shared stages once: one pre-training per pretrain entry, one split per dataset
@@ -119,8 +120,11 @@ def test_end_to_end_dag_all_methods(micro_run):
     assert summary["n"] == 2 and summary["metrics"]["AP"]["mean"] == pytest.approx(
         sum(finals[m]["AP"] for m in RANDOM_ARCHS) / 2)
     table = (wd / "results/shapes_fpn/comparison.csv").read_text().splitlines()
-    assert table[0].startswith("method,arch,mflops") and table[0].endswith(",health,vs_random_archs")
-    assert [r.split(",")[0] for r in table[1:]] == METHODS + ["random archs (n=2)"]
+    assert table[0].startswith("method,network,arch,mflops") and table[0].endswith(",health,vs_random_archs")
+    assert "voc" not in table[0]  # a COCO-type experiment
+    # every retrained network, each saying what it is
+    assert [r.split(",")[0] for r in table[1:]] == METHODS + ["shufflenetv2_unscaled", "random archs (n=2)"]
+    assert table[5].split(",")[1].startswith("ShuffleNetV2 scaled to the FLOPs limit (width x1.")
     assert (wd / "results/shapes_fpn/comparison.png").stat().st_size > 5000
     # the ranking quality over every retrained path of the supernet, the search curves over 2 repeats
     ranking = json.loads((wd / "results/shapes_fpn/ranking.json").read_text())

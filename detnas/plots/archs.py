@@ -16,7 +16,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from ..flops import cost_table
 from ..space import Arch, SearchSpace
-from .style import plt, save
+from .style import method_color, plt, save
 
 __all__ = ["CHOICE_COLORS", "CHOICE_NAMES", "RowLayout", "draw_architectures", "fmt_macs", "layout_row",
            "plot_architectures"]
@@ -76,7 +76,9 @@ def draw_architectures(ax: Axes, rows: Sequence[tuple[str, SearchSpace, Arch]]) 
     """Draw ``rows`` (label, space, arch) top to bottom on ``ax``; returns what was drawn.
 
     Each block is a ``Rectangle`` with gid ``"block"`` (stage bands: ``"stage"``), in row order then
-    block order. Stage names go above the first row of every run of rows with the same stage layout.
+    block order. A row named by a method (``detnas``, ``random_arch_1``, ...) has its label in the
+    method's colour (``style.METHOD_COLORS``); other labels are black. Stage names go above the
+    first row of every run of rows with the same stage layout.
     """
     layouts = [layout_row(*row) for row in rows]
     width = max((row.x[-1] + 1.0 for row in layouts), default=1.0)
@@ -107,6 +109,8 @@ def draw_architectures(ax: Axes, rows: Sequence[tuple[str, SearchSpace, Arch]]) 
         y -= 0.5
     ax.set_ylim(y - 0.05, 0.0)
     ax.set_yticks(ys, [row.label for row in layouts], fontsize=9)
+    for tick, (name, _, _) in zip(ax.get_yticklabels(), rows):  # a method's name in its colour, as in every figure
+        tick.set_color(method_color(name, default="black"))
     ax.tick_params(axis="y", length=0, pad=6)
     ax.set_xticks([])
     for spine in ax.spines.values():

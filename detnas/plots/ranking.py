@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .style import plt, save, zero_floor
+from .style import method_color, plt, save, zero_floor
 
 __all__ = ["plot_ranking"]
 
@@ -33,18 +33,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _color(label: str) -> str:
-    # the random architectures are a crowd of baselines: one muted color; each method its own
-    if label.startswith("random_arch_"):
-        return "0.55"
-    methods = ("detnas", "random", "clsnas", "scratch", "shufflenetv2_unscaled", "shufflenetv2")
-    first = label.split("+")[0]
-    return f"C{methods.index(first)}" if first in methods else "C7"
-
-
 def plot_ranking(ranking: dict[str, Any], path: str | Path, *, title: str) -> None:
     """One panel per side of ``ranking`` (the ranking.json dict): x the supernet fitness, y the test
-    metric of the retrained network, every point labelled by the method(s) that chose it."""
+    metric of the retrained network, every point labelled by the method(s) that chose it and
+    coloured as the (first) method is in every figure (``style.METHOD_COLORS``; the random
+    architectures share one colour)."""
     sides = list(ranking["sides"])
     fig, axes = plt.subplots(1, len(sides), figsize=(4.6 * len(sides), 4.3), squeeze=False)
     metric = ranking.get("metric", "AP")
@@ -55,7 +48,7 @@ def plot_ranking(ranking: dict[str, Any], path: str | Path, *, title: str) -> No
         at: dict[tuple[float, float], list[str]] = {}
         for p in shown:
             x, y = p["fitness"][side]["value"], p["test_value"]
-            ax.scatter([x], [y], s=28, color=_color(p["label"]), edgecolor="black", linewidth=0.4, zorder=3,
+            ax.scatter([x], [y], s=28, color=method_color(p["label"]), edgecolor="black", linewidth=0.4, zorder=3,
                        clip_on=False)
             at.setdefault((x, y), []).append(p["label"])
         for (x, y), labels in at.items():  # points on the same spot share one label, not a smudge of several
@@ -67,8 +60,8 @@ def plot_ranking(ranking: dict[str, Any], path: str | Path, *, title: str) -> No
         if secondary is not None:
             lines.append(f"vs retrained {secondary['metric']}: {_stats_text(secondary)}")
         ax.set_title("\n".join(lines), fontsize=8.5)
-        ax.set_xlabel(f"supernet fitness ({c.get('fitness_metric', side)})", fontsize=9)
-        ax.set_ylabel(f"retrained: test {metric}", fontsize=9)
+        ax.set_xlabel(f"supernet fitness ({c.get('fitness_metric', side)}, 0-1)", fontsize=9)
+        ax.set_ylabel(f"retrained: test {metric} (0-1)", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         ax.margins(x=0.12, y=0.12)  # room for the labels

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.patches import Patch
 
-from .style import integer_axis, plt, save, zero_floor
+from .style import integer_axis, method_color, min_span, plt, save, zero_floor
 
 __all__ = ["curve_data", "plot_search_curves"]
 
@@ -45,19 +46,22 @@ def plot_search_curves(
     histories: dict[str, Sequence[Any]], path: str | Path, *, population: int, ylabel: str, title: str = ""
 ) -> dict[str, dict[str, Any]]:
     """Best fitness so far (solid) and the mean of the best ``population`` so far (dashed) against
-    the generation, one colour per method: the paper's Fig. 2 for DetNAS vs random search.
+    the generation, each method in its colour (``style.METHOD_COLORS``): the paper's Fig. 2 for
+    DetNAS vs random search.
 
     ``histories``: method -> its repeats (a list of histories), or a single history; a history is a
     sequence of candidates with ``generation`` and ``fitness``. With several repeats each line is
-    the mean over the repeats and the shaded band spans their min and max. Returns the curve data
-    drawn, per method (see ``curve_data``).
+    the mean over the repeats and the shaded band spans their min and max, a legend entry of its
+    own (a note in a corner would hide behind the legend). The fitness is an AP or a top-1, a
+    fraction: the y range spans at least ``style.METRIC_SPAN``, so a gap in the fourth decimal
+    looks as small as it is. Returns the curve data drawn, per method (see ``curve_data``).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn: dict[str, dict[str, Any]] = {}
-    for i, (method, runs) in enumerate(histories.items()):
+    for method, runs in histories.items():
         repeats = runs if runs and isinstance(runs[0], (list, tuple)) else [runs]
         data = drawn[method] = curve_data(repeats, population)
-        gens, color = data["generations"], f"C{i}"
+        gens, color = data["generations"], method_color(method)
         suffix = f" (mean of {data['repeats']} runs)" if data["repeats"] > 1 else ""
         for key, style, label in (("best", "-o", "best"), ("top_k_mean", "--", f"top-{population} mean")):
             ax.plot(gens, data[key]["mean"], style, color=color, ms=3, label=f"{method}: {label}{suffix}")
@@ -67,11 +71,12 @@ def plot_search_curves(
     ax.set_ylabel(ylabel)
     integer_axis(ax.xaxis)
     zero_floor(ax)
+    min_span(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    handles, _ = ax.get_legend_handles_labels()
     if any(d["repeats"] > 1 for d in drawn.values()):
-        ax.text(0.99, 0.01, "band: min to max over the runs", transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=7, color="0.4")
+        handles.append(Patch(facecolor="0.5", alpha=0.3, lw=0, label="band: min to max over the runs"))
+    ax.legend(handles=handles, fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     save(fig, path)

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..formatting import fmt_number
+from ..formatting import fmt_number, fmt_significant
+from ..methods import network_description, random_archs_description
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_comparison
 from ..tracking import StageRun, comparison_view
@@ -89,19 +90,34 @@ def noise_yardstick(table: pd.DataFrame) -> pd.Series:
 
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as printed: a row with a spread shows "mean +- std"."""
-    out = table.drop(columns=["mlflow_run_id", *STD_COLUMNS]).astype(object)
+    """The table as printed: a row with a spread shows "mean +- std"; the rows' ``network`` is
+    printed as a key below it (see ``run_compare``), too long for a column."""
+    out = table.drop(columns=["mlflow_run_id", "network", *STD_COLUMNS], errors="ignore").astype(object)
     if "health" in out:  # the flags themselves are printed as warnings: the table marks the row
         out["health"] = [health_marker(h) for h in out["health"]]
-    for std in STD_COLUMNS:
+    for std in [c for c in STD_COLUMNS if c in table]:
         col = std.removesuffix("_std")
         for i in table.index[table[std].notna()]:
             out.loc[i, col] = f"{fmt_number(table.loc[i, col])} +- {fmt_number(table.loc[i, std])}"
     return out.map(fmt_cell)
 
 
+def csv_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as comparison.csv writes it: every float with ``fmt_significant``'s 4 significant
+    digits, whatever its column's dtype (pandas' ``float_format`` skips the floats of an object
+    column, which a row of None makes), a missing value empty."""
+    def cell(value: Any) -> Any:
+        if isinstance(value, float):  # numpy's float64 too
+            return "" if value != value else fmt_significant(value)
+        return "" if value is None else value
+
+    return table.astype(object).map(cell)
+
+
 def fmt_cell(value: Any) -> Any:
     """A table cell as printed: numbers by ``fmt_number``, a missing value as "-"."""
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return "-" if value != value else fmt_number(value)
     return value
@@ -109,9 +125,14 @@ def fmt_cell(value: Any) -> Any:
 
 def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path, png_out: Path,
                 experiment: str, mlflow: dict[str, Any], random_archs: Path | None = None,
-                summary_out: Path | None = None) -> pd.DataFrame:
-    """One row per method (from its final.json), plus the random architectures' row (mean +- std,
-    from their summary.json) when given; the plot adds the search curves of ``histories``.
+                max_mflops: float | None = None, summary_out: Path | None = None) -> pd.DataFrame:
+    """One row per retrained network (from its final.json), plus the random architectures' row (mean
+    +- std, from their summary.json) when given; the plot adds the search curves of ``histories``.
+
+    Each row's ``network`` says what it is (``detnas.methods``; ``max_mflops``, the experiment's
+    FLOPs limit, None for none, decides the ShuffleNetV2 rows' and the random architectures' words).
+    The VOC columns are there only when the final.json files have them (a VOC experiment). Every
+    metric is a fraction in [0, 1], COCOeval's unit: the paper's 40.2 mmAP is 0.402 here.
 
     The MLflow run gets the rows of comparison.csv as the table ``comparison.json`` (shown as a table
     in the UI), comparison.csv and comparison.png as artifacts, and each method's AP, top-1 and
@@ -124,21 +145,27 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     if missing:
         raise ValueError(f"final.json files lack {missing}: {[str(p) for p in finals]}")
     voc = [c for c in VOC_COLUMNS if c in table]
+    # a COCO experiment's table has no VOC columns, not even their empty spreads
+    stds = [c for c in STD_COLUMNS if c.removesuffix("_std") not in VOC_COLUMNS or c.removesuffix("_std") in voc]
     table["health"] = [health_cell(r) for r in rows]
-    table = table[COLUMNS + voc + ["health"]].reindex(columns=COLUMNS + voc + STD_COLUMNS + ["health"])
+    table = table[COLUMNS + voc + ["health"]].reindex(columns=COLUMNS + voc + stds + ["health"])
+    networks = [network_description(r, max_mflops=max_mflops) for r in rows]
     if random_archs is not None:
-        table = pd.concat([table, pd.DataFrame([random_archs_row(read_json(random_archs))])], ignore_index=True)
+        summary = read_json(random_archs)
+        table = pd.concat([table, pd.DataFrame([random_archs_row(summary)]).reindex(columns=table.columns)], ignore_index=True)
+        networks.append(random_archs_description(summary["n"], max_mflops=max_mflops))
+    table.insert(1, "network", networks)
     table["vs_random_archs"] = noise_yardstick(table)
     for line in health_warnings(table["method"], table["health"]):
         print(line, flush=True)
     buf = io.StringIO()
-    table.to_csv(buf, index=False, float_format=fmt_number)
+    csv_cells(table).to_csv(buf, index=False)
     write_text_atomic(buf.getvalue(), csv_out)
     if summary_out is not None:  # the report's front page (detnas.stages.summary)
         write_text_atomic(summary_table(table).to_csv(index=False), summary_out)
     curves = {m: pd.read_csv(p) for m, p in histories.items()}
-    plot_comparison(table, curves, png_out, title=(f"{experiment}: methods side by side; searched on the detection supernet fine-tuned from the "
-                                            "pre-trained supernet (scratch: trained from scratch; clsnas: the classification supernet)"))
+    plot_comparison(table, curves, png_out, title=(f"{experiment}: every retrained network on the test split "
+                                                   f"(metrics as fractions in [0, 1]: 0.402 is the paper's 40.2)"))
     with StageRun(**mlflow, params={"methods": list(table["method"])}) as run:
         for _, r in table.iterrows():
             name = "random_archs" if pd.notna(r["AP_std"]) else r["method"]  # MLflow names allow no "(n=N)"
@@ -149,6 +176,9 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
         run.set_view(method_view(rows))
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(_shown(table).to_string(index=False))
+    print("metrics are fractions in [0, 1] (COCOeval's unit; 0.402 is the paper's 40.2)")
+    for method, network in zip(table["method"], table["network"]):
+        print(f"  {method}: {network}")
     return table
 
 

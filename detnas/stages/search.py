@@ -374,8 +374,9 @@ def _lead(
             "mlflow_run_id": run.run_id,
         }
         _write_history(rows, history_out)
-        plot_search_curves({s.method: histories}, curve_out, population=s.population,
-                           ylabel="top-1 (held-out)" if s.method == "clsnas" else "mmAP (search split)",
+        # by the workflow's method name (scratch runs the DetNAS EA): its colour in every figure
+        plot_search_curves({mlflow.get("tags", {}).get("method", s.method): histories}, curve_out, population=s.population,
+                           ylabel="top-1 (held-out, 0-1)" if s.method == "clsnas" else "mmAP (search split, 0-1)",
                            title=_curve_title(mlflow, s.method, space.name))
         write_json_atomic(result, arch_out)
         # the job's own method tag stays (DetNAS-scratch runs the detnas EA: method=scratch)

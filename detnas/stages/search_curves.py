@@ -32,7 +32,7 @@ def read_history(path: Path) -> list[list[Candidate]]:
 
 
 def run_search_curves(histories: dict[str, Path], *, population: int, png_out: Path, json_out: Path,
-                      title: str, ylabel: str = "mmAP (search split)") -> None:
+                      title: str, ylabel: str = "mmAP (search split, 0-1)") -> None:
     """``histories``: method -> history.csv. Writes the plot and the curves' data (per method and
     generation: mean, min and max over the repeats of the best and the top-``population`` mean)."""
     runs = {method: read_history(path) for method, path in histories.items()}

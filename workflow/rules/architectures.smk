@@ -9,6 +9,14 @@ def architecture_files(name):
             + [f"{R}/{name}/random_arch_{i}/search/arch.json" for i in range(1, n + 1)])
 
 
+def architectures_title(w):
+    """The figure's title, naming the classification data the supernet was pre-trained on (the
+    config's pretrain.<name>.data: ImageNet for the paper's runs, a synthetic stand-in for the demo)."""
+    data = pretrain_run(experiment(w.experiment)["pretrain"])["data"]
+    kind = " (synthetic)" if classification_data(data)["type"] == "synthetic" else ""
+    return f"{w.experiment}: chosen backbones (supernet pre-trained on {data}{kind}; scratch: from scratch)"
+
+
 rule architectures:
     input:
         archs=lambda w: architecture_files(w.experiment),
@@ -16,7 +24,7 @@ rule architectures:
         png=report(f"{R}/{{experiment}}/architectures.png", caption="../report/architectures.rst",
                    category="{experiment}", subcategory="architectures"),
     params:
-        title=lambda w: f"{w.experiment}: chosen backbones (supernet pre-trained on ImageNet; scratch: from scratch)",
+        title=architectures_title,
     log:
         f"{R}/logs/architectures/{{experiment}}.log",
     benchmark:

@@ -1,5 +1,6 @@
-# All methods of an experiment side by side, with the EA-vs-random search curves and the random
-# architectures' row (mean +- std).
+# Every retrained network of an experiment side by side: the methods, the unscaled ShuffleNetV2
+# (retrained for the ranking, shown here too: nothing retrained is left out) and the random
+# architectures as one row (mean +- std), with the EA-vs-random search curves.
 
 
 def final_json(name, method):
@@ -11,9 +12,15 @@ def random_archs_summary(name):
     return [f"{R}/{name}/random_archs/summary.json"] if experiment(name)["random_archs"]["count"] else []
 
 
+def max_mflops_arg(w):
+    """The FLOPs limit the rows' descriptions name (none: the ShuffleNetV2 rows are one network)."""
+    limit = experiment(w.experiment)["search"]["max_mflops"]
+    return "" if limit is None else f"--max-mflops {limit}"
+
+
 rule compare:
     input:
-        finals=lambda w: [final_json(w.experiment, m) for m in METHODS],
+        finals=lambda w: [final_json(w.experiment, m) for m in METHODS + EXTRA_METHODS],
         histories=lambda w: [f"{R}/{w.experiment}/{m}/search/history.csv" for m in ("detnas", "random")],
         random_archs=lambda w: random_archs_summary(w.experiment),
     output:
@@ -27,6 +34,7 @@ rule compare:
     params:
         histories=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(("detnas", "random"), input.histories)),
         random_archs=lambda w, input: f"--random-archs {input.random_archs}" if input.random_archs else "",
+        max_mflops=max_mflops_arg,
         mlflow=lambda w: mlflow_run(w.experiment, "compare", "compare methods", w, **experiment_tags(w.experiment)),
     log:
         f"{R}/logs/compare/{{experiment}}.log",
@@ -34,4 +42,5 @@ rule compare:
         f"{R}/benchmarks/compare/{{experiment}}.tsv"
     shell:
         "python -m detnas compare --experiment {wildcards.experiment} --final {input.finals}"
-        " --history {params.histories} {params.random_archs} --csv {output.csv} --summary {output.summary} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"
+        " --history {params.histories} {params.random_archs} {params.max_mflops} --csv {output.csv}"
+        " --summary {output.summary} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"
