@@ -326,7 +326,7 @@ def _compare(args: argparse.Namespace) -> int:
     histories = dict(h.split("=", 1) for h in args.history)
     run_compare(finals=args.final, histories={k: Path(v) for k, v in histories.items()}, csv_out=args.csv,
                 png_out=args.png, experiment=args.experiment, mlflow=args.mlflow, random_archs=args.random_archs,
-                max_mflops=args.max_mflops, summary_out=args.summary)
+                max_mflops=args.max_mflops, summary_out=args.summary, ledger=args.ledger)
     return 0
 
 
@@ -342,6 +342,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    "rows' descriptions name; default: none")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--summary", type=Path, help="also the report's front page table: every network, best first")
+    p.add_argument("--ledger", type=Path, help="ledger.json of the run: each row's cost (GPU-hours, wall-clock hours)")
     p.add_argument("--png", type=Path, required=True)
     _stage_args(p, settings=False)
     p.set_defaults(func=_compare)
@@ -483,6 +484,26 @@ def _add_plot_archs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_plot_archs)
 
 
+def _ledger(args: argparse.Namespace) -> int:
+    from .stages.ledger import run_ledger
+
+    run_ledger(jobs=args.jobs, json_out=args.json, csv_out=args.csv, experiment=args.experiment, mlflow=args.mlflow)
+    return 0
+
+
+def _add_ledger(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ledger", help="what a run spent, per stage and per method -> ledger.json and .csv",
+                       description="Add up the wall-clock, CPU and GPU hours and peak memory of an experiment's jobs "
+                       "from their Snakemake benchmark files: the paper's Table 4 for this run.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--jobs", type=_json_arg, required=True,
+                   help='JSON list: {"stage", "name", "methods": [...], "gpus", "benchmark": file} per job')
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--csv", type=Path, required=True)
+    _stage_args(p, settings=False)
+    p.set_defaults(func=_ledger)
+
+
 def _report(args: argparse.Namespace) -> int:
     from .stages.report import retitle_report, run_report
 
@@ -534,6 +555,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_random_arch,
     _add_random_archs_summary,
     _add_compare,
+    _add_ledger,
     _add_ranking,
     _add_search_curves,
     _add_plot_archs,

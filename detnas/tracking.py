@@ -445,6 +445,17 @@ class StageRun:
         for k, v in tags.items():
             self._call("set tag", lambda k=k, v=v: self._client.set_tag(self.run_id, k, str(v)))
 
+    def log_to_run(self, run_id: str, metrics: dict[str, float]) -> None:
+        """``metrics`` (step 0) on another, finished run of the store: the comparison's cost columns
+        on each method's evaluate run, computed only once the ledger is in."""
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
+        self._call(f"log metrics to run {run_id}", lambda: self._client.log_batch(run_id, metrics=batch))
+
     def set_view(self, view: dict[str, Any]) -> None:
         """Store ``view`` (``comparison_view``) as the experiment's comparison view (``view_url``)."""
         if self.run_id is None or self._exp_id is None:

@@ -9,6 +9,8 @@ Snakemake 9 writes the results into the page as JavaScript data, read back here:
 from __future__ import annotations
 
 import base64
+import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -37,6 +39,7 @@ def expected_results(config: dict[str, Any]) -> dict[str, tuple[str, str]]:
         f"{d}/comparison.csv": (name, "comparison"),
         f"{d}/comparison.png": (name, "comparison"),
         f"{d}/comparison_summary.csv": (name, "comparison"),
+        f"{d}/ledger.csv": (name, "cost"),
         f"{d}/search_curves.png": (name, "search curves"),
         f"{d}/ranking.png": (name, "ranking quality"),
         f"{d}/architectures.png": (name, "architectures"),
@@ -127,8 +130,11 @@ def _assert_front_page_answers(wd: Path, front: str, name: str) -> None:
     first = front.split(f'<div class="section" id="{sections[0]}">', 1)[1].split('<div class="section"', 1)[0]
     assert "<table" in first and "<img" in first, first[:2000]
     assert first.index("<table") < first.index("<img")
-    rows = [line.split(",")[0] for line in (wd / f"results/{name}/comparison_summary.csv").read_text().splitlines()[1:]]
-    cells = re.findall(r"<tr><td>([^<]*)</td>", first)
+    with open(wd / f"results/{name}/comparison_summary.csv", newline="") as f:
+        rows = [row[0] for row in list(csv.reader(f))[1:]]
+    table = first[first.index("<table"):first.index("</table>")]
+    cells = [html.unescape(c) for c in re.findall(r"<tr><td>([^<]*)</td>", table)]
     assert cells == rows and len(rows) >= 6, (cells, rows)
     src = re.search(r'<img[^>]*src="data:image/png;[^"]*base64,([^"]+)"', first)
     assert src and base64.b64decode(src.group(1)) == (wd / f"results/{name}/comparison.png").read_bytes()
+    assert "spent" in first[first.index("<img"):] and first.count("<table") == 2  # then the ledger's table

@@ -177,7 +177,7 @@ def test_end_to_end_rerun_does_nothing_and_a_search_setting_reruns_what_follows(
     assert planned(wd) == {}
     edit_config(wd, "      population: 4\n", "      population: 3\n")
     assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
-                           "evaluate_detnas": 1, "compare": 1, "search_curves": 1, "ranking": 1,
+                           "evaluate_detnas": 1, "ledger": 1, "compare": 1, "search_curves": 1, "ranking": 1,
                            "architectures": 1, "all": 1}
 
 
@@ -295,3 +295,19 @@ def test_end_to_end_mlflow_view_and_moved_results(micro_run, tmp_path):
                 assert _get(url, f"/get-artifact?{query}") == (base / path).read_bytes(), path
                 served += 1
         assert served >= 2 * len(compared)  # each evaluate run's final.json and detections.png, and more
+
+
+@pytest.mark.slow
+def test_end_to_end_ledger_counts_every_job_the_comparison_ran(micro_run):
+    """The ledger lists exactly the jobs that made the comparison (every benchmark file but those of
+    the summaries and figures), and each comparison row carries its cost."""
+    ledger = json.loads((micro_run / "results/shapes_fpn/ledger.json").read_text())
+    listed = {j["benchmark"] for j in ledger["jobs"]}
+    bookkeeping = {"compare", "ledger", "ranking", "search_curves", "architectures", "random_archs_summary"}
+    ran = {p.relative_to(micro_run).as_posix() for p in (micro_run / "results/benchmarks").rglob("*.tsv")
+           if p.parent.name not in bookkeeping}
+    assert listed == ran
+    table = pd.read_csv(micro_run / "results/shapes_fpn/comparison.csv")
+    assert (table["cost_wall_h"] > 0).all() and (table["cost_gpu_h"] == 0).all()  # CPU jobs: no GPU-hours
+    detnas = table.set_index("method").loc["detnas"]
+    assert detnas["cost_wall_h"] == pytest.approx(ledger["methods"]["detnas"]["wall_h"], rel=1e-3)

@@ -27,7 +27,7 @@ STD_COLUMNS = [f"{c}_std" for c in ("mflops", "primary_value", "AP", "AP50", "AP
                                     *VOC_COLUMNS)]
 # the MLflow comparison view's metric columns after the primary metric, where the runs log them
 # (the evaluate runs' metrics: detnas/stages/evaluate.py's _tracked)
-VIEW_METRICS = ["AP50", "mflops", "backbone_params_m", "top1", "latency_ms", "cost_gpu_hours"]
+VIEW_METRICS = ["AP50", "mflops", "backbone_params_m", "top1", "latency_ms", "cost_gpu_h", "cost_wall_h"]
 
 
 def method_view(finals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def fmt_cell(value: Any) -> Any:
 
 def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path, png_out: Path,
                 experiment: str, mlflow: dict[str, Any], random_archs: Path | None = None,
-                max_mflops: float | None = None, summary_out: Path | None = None) -> pd.DataFrame:
+                max_mflops: float | None = None, summary_out: Path | None = None,
+                ledger: Path | None = None) -> pd.DataFrame:
     """One row per retrained network (from its final.json), plus the random architectures' row (mean
     +- std, from their summary.json) when given; the plot adds the search curves of ``histories``.
 
@@ -134,9 +135,13 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     The VOC columns are there only when the final.json files have them (a VOC experiment). Every
     metric is a fraction in [0, 1], COCOeval's unit: the paper's 40.2 mmAP is 0.402 here.
 
+    ``ledger`` (ledger.json of the same run, ``detnas.stages.ledger``) adds what each row cost:
+    ``cost_gpu_h`` and ``cost_wall_h``, the GPU-hours and wall-clock hours of every job it needed.
+
     The MLflow run gets the rows of comparison.csv as the table ``comparison.json`` (shown as a table
     in the UI), comparison.csv and comparison.png as artifacts, and each method's AP, top-1 and
-    primary metric as ``<method>_<metric>``."""
+    primary metric as ``<method>_<metric>``; each method's evaluate run gets its cost as metrics,
+    and the experiment its comparison view (``method_view``)."""
     rows = [read_json(p) for p in finals]
     for r in rows:  # final.json files written before primary_value existed
         r.setdefault("primary_value", r.get(r.get("primary_metric", "AP")))
@@ -156,6 +161,10 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
         networks.append(random_archs_description(summary["n"], max_mflops=max_mflops))
     table.insert(1, "network", networks)
     table["vs_random_archs"] = noise_yardstick(table)
+    costs = read_json(ledger)["methods"] if ledger is not None else {}
+    row_names = ["random archs" if str(m).startswith("random archs") else m for m in table["method"]]
+    for column, key in (("cost_gpu_h", "gpu_h"), ("cost_wall_h", "wall_h")):
+        table[column] = [costs.get(m, {}).get(key) for m in row_names]
     for line in health_warnings(table["method"], table["health"]):
         print(line, flush=True)
     buf = io.StringIO()
@@ -173,6 +182,11 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
             run.log_metrics({f"{name}_{k}": v for k, v in values.items() if pd.notna(v)}, 0)
         run.log_table(table, "comparison.json")
         run.log_artifacts(csv_out, png_out)
+        for r in rows:  # the view's cost columns: on each method's own evaluate run
+            cost = costs.get(r.get("method"), {})
+            if r.get("mlflow_run_id") and cost:
+                run.log_to_run(str(r["mlflow_run_id"]), {"cost_gpu_h": cost["gpu_h"], "cost_wall_h": cost["wall_h"]})
+                r.update(cost_gpu_h=cost["gpu_h"], cost_wall_h=cost["wall_h"])
         run.set_view(method_view(rows))
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(_shown(table).to_string(index=False))

@@ -85,6 +85,10 @@ def run_report(*, experiment: str | None, config: Path, results: Path) -> None:
     print(f"\n{experiment}: test-split metrics of the retrained architectures (primary: {primary}), backbone MFLOPs "
           f"at 224x224, classification top-1\n")
     print(comparison_text(df, primary))
+    print("metrics are fractions in [0, 1] (COCOeval's unit; 0.402 is the paper's 40.2)")
+    if "network" in df:  # what each row is
+        for method, network in zip(df["method"], df["network"]):
+            print(f"  {method}: {network}")
     for line in health_warnings(df["method"], df["health"] if "health" in df else []):
         print(line)  # a network that did not learn: say so
     ranking = root / "ranking.json"

@@ -37,7 +37,8 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """comparison.csv's rows (a DataFrame as ``run_compare`` builds or reads it) as the front page
     shows them: ``network`` (what the row is; the method where the table has no such column),
     ``method``, the primary metric under its name (e.g. ``AP`` or ``mAP50_voc07``), ``AP50`` and, on
-    VOC, COCO's ``AP``, ``MFLOPs``, ``params (M)``, ``top-1``, ``vs random archs``, ``health``; sorted
+    VOC, COCO's ``AP``, ``MFLOPs``, ``params (M)``, ``top-1``, ``vs random archs``, the cost (``GPU-hours``,
+    ``wall-clock (h)``: the ledger's, where the table has it), ``health``; sorted
     by the primary metric, highest first (a row without it last)."""
     primary = _primary(table)
     value = table["primary_value"] if "primary_value" in table else table.get(primary)
@@ -59,6 +60,8 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
                "params (M)": _cell(table, i, "backbone_params_m", decimals=3),
                "top-1": _cell(table, i, "top1", "top1_std"),
                "vs random archs": table.at[i, "vs_random_archs"] if "vs_random_archs" in table else "-",
+               **({"GPU-hours": _cell(table, i, "cost_gpu_h", decimals=2),
+                   "wall-clock (h)": _cell(table, i, "cost_wall_h", decimals=2)} if "cost_gpu_h" in table else {}),
                "health": "FLAGGED" if isinstance(health, str) and health not in ("ok", "-") else "ok"}
         rows.append(row)
     out = pd.DataFrame(rows)

@@ -25,6 +25,7 @@ METHODS = SEARCH_METHODS + ["shufflenetv2"]  # the paper's rows (the architectur
 # retrained too, for the ranking and the comparison, but no row of the paper's and not in the
 # architectures figure (its blocks are shufflenetv2's)
 EXTRA_METHODS = ["shufflenetv2_unscaled"]
+COMPARED_METHODS = METHODS + EXTRA_METHODS  # the comparison's rows, with the random architectures' one
 
 
 def _entry(section, name, what):

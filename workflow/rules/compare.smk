@@ -20,9 +20,10 @@ def max_mflops_arg(w):
 
 rule compare:
     input:
-        finals=lambda w: [final_json(w.experiment, m) for m in METHODS + EXTRA_METHODS],
+        finals=lambda w: [final_json(w.experiment, m) for m in COMPARED_METHODS],
         histories=lambda w: [f"{R}/{w.experiment}/{m}/search/history.csv" for m in ("detnas", "random")],
         random_archs=lambda w: random_archs_summary(w.experiment),
+        ledger=f"{R}/{{experiment}}/ledger.json",
     output:
         csv=report(f"{R}/{{experiment}}/comparison.csv", caption="../report/comparison_table.rst",
                    category="{experiment}", subcategory="comparison"),
@@ -42,5 +43,5 @@ rule compare:
         f"{R}/benchmarks/compare/{{experiment}}.tsv"
     shell:
         "python -m detnas compare --experiment {wildcards.experiment} --final {input.finals}"
-        " --history {params.histories} {params.random_archs} {params.max_mflops} --csv {output.csv}"
+        " --history {params.histories} {params.random_archs} {params.max_mflops} --ledger {input.ledger} --csv {output.csv}"
         " --summary {output.summary} --png {output.png} --mlflow {params.mlflow:q} > {log} 2>&1"
