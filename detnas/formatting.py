@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["fmt_number", "fmt_significant"]
+__all__ = ["fmt_duration", "fmt_number", "fmt_significant"]
 
 
 def fmt_number(value: float | None, decimals: int = 4) -> str:
@@ -33,3 +33,17 @@ def fmt_significant(value: float, digits: int = 4) -> str:
         return str(int(value))
     whole = math.floor(math.log10(abs(value))) + 1 if abs(value) >= 1 else 0
     return np.format_float_positional(value, precision=max(digits, whole), unique=False, fractional=False, trim="-")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """A duration in seconds as a person reads it: "45 s", "12.5 min", "7.3 h", "3.2 days" (seconds
+    below 90 s, minutes below 90 min, hours below 48 h). ``None`` or not finite prints as ``-``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

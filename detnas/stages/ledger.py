@@ -13,13 +13,12 @@ The random architectures' row is all of them together.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..formatting import fmt_number
+from ..formatting import fmt_duration, fmt_number
 from ..io import write_json_atomic, write_text_atomic
 from ..tracking import StageRun
 
@@ -90,15 +89,8 @@ def summarize_jobs(jobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _hours(h: float | None) -> str:
-    """Hours as a person reads them: seconds, minutes or hours."""
-    if h is None or not math.isfinite(h):
-        return "-"
-    seconds = h * 3600
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{h:.1f} h"
+    """Hours as a person reads them: seconds, minutes, hours or days (``fmt_duration``)."""
+    return fmt_duration(None if h is None else h * 3600)
 
 
 def ledger_table(ledger: dict[str, Any]) -> pd.DataFrame:
