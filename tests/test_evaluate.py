@@ -165,6 +165,7 @@ def test_final_records_the_precision_of_training_and_evaluation(tmp_path, test_f
                                     detector_metrics={"history": [], "precision": bf16})
     assert final["precision"] == {"amp": "off", "memory_format": "contiguous"}  # this evaluation, on a CPU
     assert final["trained_precision"] == {"classifier": bf16, "detector": bf16}
+    assert 0 < final["seconds"] < 600  # the evaluation's own time: the plan's seconds per test image
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([client.get_experiment_by_name("precision-record").experiment_id])
     assert run.data.tags["precision"] == ("evaluated off contiguous; classifier trained bf16 channels_last; "

@@ -170,6 +170,7 @@ def run_evaluate(
             "backbone_params_m": table.backbone_params(arch) / 1e6,
             "classifier_params_m": table.classifier_params(arch, cls["num_classes"]) / 1e6,
             "test_images": len(data),
+            "seconds": seconds,  # the evaluation's own time (s), without start-up: the plan's seconds per image
             "precision": precision.describe(),
             "trained_precision": trained,
             **metrics,
