@@ -504,6 +504,89 @@ def _add_ledger(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_ledger)
 
 
+def _json_or_file(text: str) -> Any:
+    """A JSON value given inline, ``@path`` to a JSON file, or the path of an existing JSON file."""
+    if not text.startswith("@") and not text.lstrip().startswith(("{", "[")) and os.path.isfile(text):
+        text = "@" + text
+    return _json_arg(text)
+
+
+def _stage_file(text: str) -> tuple[str, Path]:
+    """``STAGE=FILE``."""
+    stage, sep, path = text.partition("=")
+    if not sep or not stage or not path:
+        raise argparse.ArgumentTypeError(f"expected STAGE=FILE, got {text!r}")
+    return stage, Path(path)
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    from .stages.rehearse import run_rehearse
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    run_rehearse(stage=args.stage, command=command, out=args.out, log=args.log, metrics=args.metrics,
+                 batch_size=args.batch_size, warmup_steps=args.warmup_steps, arch_file=args.arch_file, final=args.final)
+    return 0
+
+
+def _add_rehearse(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rehearse", help="run a stage's command for a few steps and time it -> rehearsal JSON",
+                       description="Run a stage's real command (after --) at rehearsal length, its output to --log, "
+                       "and write what it measured (time per step, candidate or image; peak memory; the device) "
+                       "to --out. Exits 0 also when the command fails: the failure is in --out, for the plan.")
+    p.add_argument("--stage", required=True, help="pretrain_supernet, finetune_supernet, search, retrain_pretrain, "
+                   "retrain_finetune or evaluate")
+    p.add_argument("--out", type=Path, required=True, help="the rehearsal's JSON")
+    p.add_argument("--log", type=Path, required=True, help="the command's stdout and stderr")
+    p.add_argument("--metrics", type=Path, help="training stages: the metrics.json the command writes")
+    p.add_argument("--batch-size", type=int, help="training stages: images per step (the stage's batch_size)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="training stages: steps not timed (default 0)")
+    p.add_argument("--arch-file", type=Path, help="search: the arch.json the command writes")
+    p.add_argument("--final", type=Path, help="evaluate: the final.json the command writes")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the stage's command")
+    p.set_defaults(func=_rehearse)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .stages.plan import run_plan, show_plan
+
+    making = [a for a in ("jobs", "rehearsal", "profile", "json", "md") if getattr(args, a) is not None]
+    if args.plan is not None:
+        if making:
+            raise ValueError(f"give either a plan.json to print or --jobs etc. to make one, not both "
+                             f"(got {', '.join('--' + a for a in making)})")
+        show_plan(args.plan)
+        return 0
+    missing = [f"--{a}" for a in ("jobs", "rehearsal", "profile", "json", "md") if a not in making]
+    if missing:
+        raise ValueError(f"to make a plan give {', '.join(missing)} (or a plan.json to print)")
+    rehearsals = dict(args.rehearsal)
+    if len(rehearsals) < len(args.rehearsal):
+        raise ValueError("--rehearsal: one file per stage")
+    run_plan(jobs=args.jobs, rehearsals=rehearsals, profile=args.profile, json_out=args.json, md_out=args.md,
+             experiment=args.experiment or args.json.absolute().parent.name)
+    return 0
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="predict a full run's cost from its rehearsal -> plan.json and .md; or print one",
+                       description="With --jobs, --rehearsal, --profile, --json and --md: predict each job's "
+                       "wall-clock and GPU-hours from the rehearsals, per stage and in total, with the wall-clock "
+                       "of the whole target at the profile's jobs at once, and flag what needs a look. With a "
+                       "plan.json: print it.")
+    p.add_argument("plan", nargs="?", type=Path, help="a plan.json to print")
+    p.add_argument("--experiment", help="default: the folder of --json")
+    p.add_argument("--jobs", type=_json_or_file,
+                   help='JSON list (inline, @file or a file): the ledger\'s jobs {"stage", "name", "methods", "gpus", '
+                        '"benchmark"} with "steps", "candidates" or "images"')
+    p.add_argument("--rehearsal", type=_stage_file, nargs="+", metavar="STAGE=FILE",
+                   help="detnas rehearse's JSON of each stage")
+    p.add_argument("--profile", type=_json_or_file,
+                   help='JSON (inline, @file or a file): {"parallel_jobs", "runtime_min", "cpus_per_gpu"}')
+    p.add_argument("--json", type=Path, help="the plan.json to write")
+    p.add_argument("--md", type=Path, help="the plan as Markdown")
+    p.set_defaults(func=_plan)
+
+
 def _report(args: argparse.Namespace) -> int:
     from .stages.report import retitle_report, run_report
 
@@ -556,6 +639,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_random_archs_summary,
     _add_compare,
     _add_ledger,
+    _add_rehearse,
+    _add_plan,
     _add_ranking,
     _add_search_curves,
     _add_plot_archs,
