@@ -247,3 +247,20 @@ def test_plan_command_writes_prints_and_reprints_within_100_columns(tmp_path, ca
     assert "FAILED" in shown and "flags:" in shown and "retrain_finetune" in shown
     assert all(len(line) <= 100 for line in shown.splitlines()), max(shown.splitlines(), key=len)
     assert main(["plan", str(out), "--md", "x.md"]) == 2  # print or make, not both
+
+
+def test_plan_accuracy_compares_predicted_and_measured_seconds(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plan_accuracy import accuracy
+
+    jobs = _jobs(tmp_path)
+    for j in jobs:  # the real run: each retraining took 10,100 s or 5,050 s, each evaluation 20 s (too short)
+        if j["stage"] in ("retrain_finetune", "evaluate"):
+            s = 20 if j["stage"] == "evaluate" else (5050 if "detnas" in j["name"] else 10100)
+            Path(j["benchmark"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(j["benchmark"]).write_text(f"s\tcpu_time\n{s}\t{s}\n")
+    plan = make_plan(jobs=jobs, rehearsals=REHEARSALS, experiment="demo", profile={"parallel_jobs": 1})
+    rows = accuracy(plan)
+    assert [r["stage"] for r in rows] == ["retrain_finetune", "total"]
+    assert rows[0]["jobs"] == 3 and rows[0]["measured_s"] == 25250 and rows[0]["predicted_s"] == pytest.approx(30300)
+    assert rows[-1]["error_pct"] == pytest.approx(20.0)
