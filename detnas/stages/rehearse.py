@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..io import read_json, write_json_atomic
 
 __all__ = ["STAGES", "TRAINING_STAGES", "error_line", "run_rehearse", "timing"]
 
@@ -36,9 +35,10 @@ STAGES = (*TRAINING_STAGES, "search", "evaluate")
 GRACE_S = 10.0  # seconds the command's group has after a SIGTERM before it is killed (SIGKILL)
 _LOG_TAIL_BYTES = 1 << 20  # the error line is looked for in the log's last MiB
 
-# "error: ..." (detnas's one-line errors, maybe after "rank i/n: ") or a traceback's last line
+# "error: ..." (detnas's one-line errors, maybe after "rank i/n: " or argparse's "prog: ") or a traceback's last line
 # ("ValueError: ...", "torch.OutOfMemoryError: ...", "...ChildFailedError: ...")
-_ERROR_RE = re.compile(r"^(?:rank \d+/\d+: )?(?:error: .*|[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b:? ?.*)$")
+_ERROR_RE = re.compile(r"^(?:[^:]*: )?error: .*$"
+                       r"|^(?:rank \d+/\d+: )?[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)(?:: .*)?$")
 
 
 def error_line(log: Path) -> str | None:
@@ -79,6 +79,8 @@ def _device() -> tuple[str, float | None]:
 def _steps_timing(metrics: Path, batch_size: int, warmup_steps: int, wall_s: float) -> dict[str, Any]:
     """A training stage's seconds per step from its metrics.json: per history row after the warm-up
     (step > ``warmup_steps``; the last row if none is), ``batch_size / images_per_s``."""
+    from ..io import read_json
+
     m = read_json(metrics)
     try:
         steps = int(m["iterations"])
@@ -100,6 +102,8 @@ def _steps_timing(metrics: Path, batch_size: int, warmup_steps: int, wall_s: flo
 
 def _candidates_timing(arch_file: Path, wall_s: float) -> dict[str, Any]:
     """The search's seconds per scored candidate from its arch.json."""
+    from ..io import read_json
+
     a = read_json(arch_file)
     try:
         n, s = int(a["evaluations"]), float(a["seconds_per_candidate"])
@@ -111,6 +115,8 @@ def _candidates_timing(arch_file: Path, wall_s: float) -> dict[str, Any]:
 def _images_timing(final: Path, wall_s: float) -> dict[str, Any]:
     """The evaluation's seconds per test image from its final.json (its own ``seconds``, else the
     job's wall-clock)."""
+    from ..io import read_json
+
     f = read_json(final)
     try:
         n = int(f["test_images"])
@@ -232,6 +238,8 @@ def run_rehearse(*, stage: str, command: Sequence[str], out: Path, log: Path, me
     result = {"stage": stage, "ok": error is None, "returncode": returncode, "error": error, "wall_s": wall_s,
               "peak_rss_mb": peak_rss_mb, "device": device, "device_memory_mb": device_memory_mb,
               "host_memory_mb": _host_memory_mb(), "timing": measured}
+    from ..io import write_json_atomic  # imports torch: only after the command, so as not to weigh on its memory
+
     write_json_atomic(result, out)
     status = "ok" if error is None else f"FAILED: {error}"
     print(f"rehearse {stage}: {status} ({wall_s:.1f} s, peak RSS {peak_rss_mb:.0f} MB, on {device}); log {log}")
