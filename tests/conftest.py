@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # minutes of the suite on this project's machine, longest first (the rest take well under one each)
-_LONG_MODULES = ["test_resume", "test_workflow", "test_slurm", "test_preemption", "test_search", "test_pretrain_stage",
+_LONG_MODULES = ["test_resume", "test_workflow", "test_plan_dag", "test_slurm", "test_preemption", "test_search", "test_pretrain_stage",
                  "test_own_data_workflow"]
 
 

@@ -31,6 +31,9 @@ rule finetune_supernet:
     priority: 1
     input:
         unpack(finetune_supernet_input),
+        _gpu=lambda w: gpu_check("finetune_supernet", f"{w.experiment} ({w.init})",
+                                 finetune_settings(w.experiment, scratch=w.init == "scratch")["schedule"]["iterations"],
+                                 [w.experiment]),
     output:
         weights=f"{R}/{{experiment}}/supernet_{{init}}/supernet.pt",
         metrics=f"{R}/{{experiment}}/supernet_{{init}}/metrics.json",

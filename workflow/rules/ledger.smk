@@ -4,9 +4,19 @@
 
 
 def _rule_gpus(name):
-    resources = workflow.get_rule(name).resources
-    value = resources.get("gpu") if "gpu" in resources.keys() else 0
-    return value if isinstance(value, int) else 0  # a callable resource: resolved per job, not known here
+    """The GPUs a job of rule `name` holds: the profile's or command line's set-resources, else the
+    rule's own (a resource given as a function is resolved per job: counted as 0 here)."""
+    overwrite = (workflow.resource_settings.overwrite_resources or {}).get(name, {})
+    if "gpu" in overwrite:
+        value = overwrite["gpu"]
+    else:
+        resources = workflow.get_rule(name).resources
+        value = resources.get("gpu") if "gpu" in resources.keys() else 0
+    value = getattr(value, "value", value)  # a Resource("gpu", N) as Snakemake holds it
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def ledger_jobs(name):

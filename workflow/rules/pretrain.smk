@@ -12,6 +12,8 @@ rule pretrain_supernet:
     priority: 1
     input:
         split=lambda w: f"{cls_dir(pretrain_run(w.pretrain)['data'])}/split.json",
+        _gpu=lambda w: gpu_check("pretrain_supernet", w.pretrain, pretrain_settings(w.pretrain)["schedule"]["iterations"],
+                                 [n for n, e in config["experiments"].items() if e["pretrain"] == w.pretrain]),
     output:
         weights=f"{R}/pretrain/{{pretrain}}/supernet.pt",
         metrics=f"{R}/pretrain/{{pretrain}}/metrics.json",

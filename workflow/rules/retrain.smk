@@ -27,6 +27,8 @@ rule retrain_pretrain:
     input:
         arch=f"{R}/{{experiment}}/{{method}}/search/arch.json",
         split=lambda w: f"{cls_dir(pretrain_run(experiment(w.experiment)['pretrain'])['data'])}/split.json",
+        _gpu=lambda w: gpu_check("retrain_pretrain", f"{w.experiment} {w.method}",
+                                 retrain_pretrain_settings(w.experiment)["schedule"]["iterations"], [w.experiment]),
     output:
         weights=f"{R}/{{experiment}}/{{method}}/retrain/classifier.pt",
         metrics=f"{R}/{{experiment}}/{{method}}/retrain/classifier_metrics.json",
@@ -56,6 +58,8 @@ rule retrain_finetune:
         arch=f"{R}/{{experiment}}/{{method}}/search/arch.json",
         init=f"{R}/{{experiment}}/{{method}}/retrain/classifier.pt",
         train=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/train.json",
+        _gpu=lambda w: gpu_check("retrain_finetune", f"{w.experiment} {w.method}",
+                                 retrain_finetune_settings(w.experiment)["schedule"]["iterations"], [w.experiment]),
     output:
         weights=f"{R}/{{experiment}}/{{method}}/retrain/detector.pt",
         metrics=f"{R}/{{experiment}}/{{method}}/retrain/detector_metrics.json",
