@@ -120,7 +120,7 @@ def test_end_to_end_dag_all_methods(micro_run):
     assert summary["n"] == 2 and summary["metrics"]["AP"]["mean"] == pytest.approx(
         sum(finals[m]["AP"] for m in RANDOM_ARCHS) / 2)
     table = (wd / "results/shapes_fpn/comparison.csv").read_text().splitlines()
-    assert table[0].startswith("method,network,arch,mflops") and table[0].endswith(",health,vs_random_archs")
+    assert table[0].startswith("method,network,arch,mflops") and table[0].endswith(",health,vs_random_archs,cost_gpu_h,cost_wall_h")
     assert "voc" not in table[0]  # a COCO-type experiment
     # every retrained network, each saying what it is
     assert [r.split(",")[0] for r in table[1:]] == METHODS + ["shufflenetv2_unscaled", "random archs (n=2)"]
