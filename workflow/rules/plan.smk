@@ -234,9 +234,11 @@ def plan_jobs(name):
 def plan_profile():
     """What the plan needs of the profile: jobs at once, the per-job time limit, CPUs per GPU."""
     rs = workflow.resource_settings
-    runtime = (rs.default_resources.parsed.get("runtime") if rs.default_resources is not None else None)
-    return {"parallel_jobs": rs.nodes or rs.cores or 1, "runtime_min": runtime if isinstance(runtime, (int, float)) else None,
-            "cpus_per_gpu": None}
+    defaults = rs.default_resources
+    runtime = defaults.get("runtime") if defaults is not None and "runtime" in defaults.keys() else None
+    runtime = getattr(runtime, "value", runtime)  # a Resource("runtime", 60) as Snakemake holds it
+    return {"parallel_jobs": rs.nodes or rs.cores or 1,
+            "runtime_min": runtime if isinstance(runtime, (int, float)) else None, "cpus_per_gpu": None}
 
 
 rule plan:
