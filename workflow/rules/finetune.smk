@@ -13,6 +13,13 @@ def finetune_settings(name, *, scratch):
     }
 
 
+def finetune_steps(name, *, scratch):
+    """The steps a supernet fine-tuning trains: its schedule stretched by `schedule_factor` (DetNAS-
+    scratch's scratch_factor), rounded as the stage rounds it (engine.Schedule.scaled)."""
+    s = finetune_settings(name, scratch=scratch)
+    return round(s["schedule"]["iterations"] * s["schedule_factor"])
+
+
 def finetune_supernet_input(w):
     inputs = {"train": f"{det_dir(experiment(w.experiment)['data'])}/supernet_train.json"}
     if w.init == "pretrained":
@@ -32,8 +39,7 @@ rule finetune_supernet:
     input:
         unpack(finetune_supernet_input),
         _gpu=lambda w: gpu_check("finetune_supernet", f"{w.experiment} ({w.init})",
-                                 finetune_settings(w.experiment, scratch=w.init == "scratch")["schedule"]["iterations"],
-                                 [w.experiment]),
+                                 finetune_steps(w.experiment, scratch=w.init == "scratch"), [w.experiment]),
     output:
         weights=f"{R}/{{experiment}}/supernet_{{init}}/supernet.pt",
         metrics=f"{R}/{{experiment}}/supernet_{{init}}/metrics.json",

@@ -219,8 +219,7 @@ def plan_jobs(name):
     for job in ledger_jobs(name):
         size = {}
         if job["stage"] == "finetune_supernet":
-            size["steps"] = finetune_settings(name, scratch="scratch" in job["name"])["schedule"]["iterations"] * (
-                e["finetune"]["scratch_factor"] if "scratch" in job["name"] else 1)
+            size["steps"] = finetune_steps(name, scratch="scratch" in job["name"])
         elif job["stage"] in steps:
             size["steps"] = steps[job["stage"]]
         elif job["stage"] == "search":
