@@ -58,9 +58,9 @@ def _json_arg(text: str) -> Any:
 # The --settings keys of each stage (tests/test_cli.py checks them against the stages' settings classes)
 SETTINGS_KEYS = {
     "pretrain": ["space", "image_size", "batch_size", "schedule", "label_smoothing", "dropout", "seed",
-                 "checkpoint_every", "log_every", "eval_batch_size", "amp", "channels_last"],
+                 "checkpoint_every", "log_every", "eval_batch_size", "amp", "channels_last", "loader_probe"],
     "finetune": ["space", "detector", "batch_size", "schedule", "seed", "checkpoint_every", "log_every",
-                 "eval_batch_size", "schedule_factor", "amp", "channels_last"],
+                 "eval_batch_size", "schedule_factor", "amp", "channels_last", "loader_probe"],
     "search": ["method", "population", "parents", "generations", "mutation_prob", "mutations", "crossovers",
                "max_mflops", "min_mflops",
                "recalibration_images", "eval_images", "batch_size", "seed", "repeats", "amp", "channels_last",
@@ -282,6 +282,16 @@ def _add_fixed_arch(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_fixed_arch)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .stages.evaluate import run_evaluate
 
@@ -290,7 +300,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier_metrics=args.classifier_metrics, out=args.out, info=args.info, primary_metric=args.primary,
         batch_size=args.batch_size, mlflow=args.mlflow, threads=args.threads, device=args.device,
         amp=args.amp, channels_last=args.channels_last, detector_metrics=args.detector_metrics,
-        pictures=args.pictures,
+        pictures=args.pictures, max_images=args.max_images,
     )
     return 0
 
@@ -315,6 +325,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "difficult objects ignored; also computes mAP50_voc12, the area variant, and the per-class APs); "
                    "any of AP, AP50, AP75, APs, APm, APl, mAP50_voc07, mAP50_voc12")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-images", type=_positive_int, metavar="N",
+                   help="evaluate N test images drawn with seed 0, not all (a rehearsal's timing; final.json says so in "
+                   "test_images against test_images_total)")
     _precision_args(p, default=None, default_help="the detector's own fine-tuning setting, saved in its checkpoint")
     _stage_args(p, settings=False, compute=True)
     p.set_defaults(func=_evaluate)
@@ -487,7 +500,8 @@ def _add_plot_archs(sub: argparse._SubParsersAction) -> None:
 def _ledger(args: argparse.Namespace) -> int:
     from .stages.ledger import run_ledger
 
-    run_ledger(jobs=args.jobs, json_out=args.json, csv_out=args.csv, experiment=args.experiment, mlflow=args.mlflow)
+    run_ledger(jobs=args.jobs, json_out=args.json, csv_out=args.csv, experiment=args.experiment, mlflow=args.mlflow,
+               plan=args.plan)
     return 0
 
 
@@ -500,6 +514,7 @@ def _add_ledger(sub: argparse._SubParsersAction) -> None:
                    help='JSON list: {"stage", "name", "methods": [...], "gpus", "benchmark": file} per job')
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--plan", type=Path, help="the experiment's plan.json: its prediction beside what was spent")
     _stage_args(p, settings=False)
     p.set_defaults(func=_ledger)
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_TIMEOUT_MINUTES", "Dist", "init_distributed", "loader_workers", "process_seed", "set_threads", "timeout_minutes",
+__all__ = ["DEFAULT_TIMEOUT_MINUTES", "Dist", "init_distributed", "loader_workers", "peak_gpu_memory_mb", "process_seed", "set_threads", "timeout_minutes",
            "workers_line"]
 
 DEFAULT_TIMEOUT_MINUTES = 60.0
@@ -175,6 +175,11 @@ def loader_workers(threads: int | None, world_size: int = 1) -> int:
     """Data-loader worker processes per training process: its share of the job's ``threads`` CPUs
     (shared among the processes of this node) less one, its own."""
     return max(0, threads // _local_processes(world_size) - 1) if threads else 0
+
+
+def peak_gpu_memory_mb(device: torch.device) -> float | None:
+    """The most CUDA memory this process allocated on ``device`` so far (MB); None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def workers_line(threads: int | None, world_size: int = 1) -> str:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import Checkpointer
 from .data.grouping import GroupedBatchSampler
-from .distributed import Dist, loader_workers
+from .distributed import Dist, loader_workers, peak_gpu_memory_mb
 from .formatting import fmt_number
 from .precision import Precision
 from .settings import known_keys
@@ -25,6 +25,7 @@ from .space import Arch, SearchSpace
 from .supernet import inactive_modules, set_path
 
 __all__ = [
+    "TIMING_KEYS",
     "Draw",
     "InfiniteSampler",
     "SeededDraws",
@@ -39,6 +40,10 @@ __all__ = [
     "uniform_path",
     "unwrap",
 ]
+
+# The keys of a Progress row that measure time rather than the model (they differ between two runs
+# that train the same weights).
+TIMING_KEYS = ("images_per_s", "data_s")
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,35 @@ def training_batches(
     return iter(DataLoader(seeded, batch_size=per_rank, sampler=sampler.draws(), drop_last=True, **common))
 
 
+def loader_rate(batches: Iterator[Any], *, batches_n: int, images_per_batch: int, drain: int) -> float:
+    """The loader alone: images per second this process's ``batches`` deliver with no model in
+    between, over ``batches_n`` batches after ``drain`` untimed ones (the batches its workers had
+    ready: at the end of a training run the prefetch queue is full). A rehearsal's answer to "can
+    the loader feed the model?"."""
+    for _ in range(drain):
+        next(batches)
+    t = time.perf_counter()
+    for _ in range(batches_n):
+        next(batches)
+    return batches_n * images_per_batch / max(time.perf_counter() - t, 1e-9)
+
+
+def training_telemetry(batches: Iterator[Any], *, loader_probe: int, batch_size: int, threads: int | None,
+                       dist: Dist) -> dict[str, Any]:
+    """What a training run measured about its job besides the model, for its metrics.json:
+    ``loader_workers`` (per process), ``peak_gpu_memory_mb`` (this process's most allocated CUDA
+    memory, None off CUDA) and, when ``loader_probe`` > 0 (a rehearsal), ``loader_images_per_s``:
+    the loaders of all ranks alone (``loader_rate`` of this rank's ``batches`` over ``loader_probe``
+    batches, times the ranks), to hold against the model's images/s."""
+    workers = loader_workers(threads, dist.world_size)
+    out: dict[str, Any] = {"loader_workers": workers, "peak_gpu_memory_mb": peak_gpu_memory_mb(dist.device)}
+    if loader_probe > 0:
+        per_rank = batch_size // dist.world_size
+        rate = loader_rate(batches, batches_n=loader_probe, images_per_batch=per_rank, drain=2 * max(workers, 1))
+        out["loader_images_per_s"] = rate * dist.world_size
+    return out
+
+
 def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:
     """The path of iteration ``step``: uniform over the space, and a function of (seed, step) only,
     so every rank draws the same path without communicating and a resumed run replays the same
@@ -233,8 +267,9 @@ def uniform_path(space: SearchSpace, seed: int, step: int) -> Arch:
 class Progress:
     """Prints step, loss, lr, images/s and ETA every ``every`` steps; keeps the curve.
 
-    ``history`` rows: {"step", "loss", "lr", "images_per_s", <named losses>...}, averaged over the
-    interval; ``sink`` receives each row (e.g. MLflow metrics).
+    ``history`` rows: {"step", "loss", "lr", "images_per_s", "data_s", <named losses>...}, averaged
+    over the interval (``data_s``: seconds per step spent waiting for the batch, where
+    ``add_data_wait`` counted them; ``TIMING_KEYS`` are the keys that measure time, not the model); ``sink`` receives each row (e.g. MLflow metrics).
     """
 
     total: int
@@ -248,6 +283,8 @@ class Progress:
     _t0: float = field(default_factory=time.perf_counter)
     _t_start: float = field(default_factory=time.perf_counter)
     _steps_timed: int = 0
+    _data_sum: float = 0.0
+    _data_n: int = 0
 
     def partial(self) -> dict[str, Any]:
         """The steps since the last row: what a checkpoint taken between two rows keeps, so that the
@@ -257,6 +294,12 @@ class Progress:
     def restore_partial(self, partial: dict[str, Any] | None) -> None:
         if partial:
             self._sums, self._count = dict(partial["sums"]), int(partial["count"])
+
+    def add_data_wait(self, seconds: float) -> None:
+        """Count a step's wait for its batch (the loader's share of the step): the next row's
+        ``data_s`` is the mean over the steps since the last row."""
+        self._data_sum += seconds
+        self._data_n += 1
 
     def logs_at(self, step: int) -> bool:
         """Whether ``update`` of completed step ``step`` (1-based) prints and records a row."""
@@ -273,6 +316,8 @@ class Progress:
         dt = now - self._t0
         rate = self._count * self.images_per_step / dt if dt > 0 else float("nan")
         row = {"step": step, "lr": lr, "images_per_s": rate}
+        if self._data_n:
+            row["data_s"] = self._data_sum / self._data_n
         row.update({k: v / self._count for k, v in self._sums.items()})
         row.update(extra or {})
         self.history.append(row)
@@ -288,6 +333,7 @@ class Progress:
         if self.sink is not None:
             self.sink(row)
         self._sums, self._count, self._t0 = {}, 0, now
+        self._data_sum, self._data_n = 0.0, 0
 
 
 def _fmt_seconds(s: float) -> str:
@@ -392,7 +438,9 @@ def train(
             lr = schedule.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            waited = time.perf_counter()
             batch = next(batches)
+            data_s = time.perf_counter() - waited
             with precision.autocast():
                 losses = step_losses(batch)
             loss = sum(losses.values())
@@ -407,6 +455,7 @@ def train(
             names = list(losses) if len(losses) > 1 else []
             # (1 + named terms,) float64, on the device: read to the host at the next sync step
             pending.append((step, lr, torch.stack([loss.detach().double(), *(losses[k].detach().double() for k in names)])))
+            progress.add_data_wait(data_s)
             if progress.logs_at(step + 1) or checkpointer.due(step + 1, schedule.iterations):
                 for done, lr_done, values in _read_losses(pending, names, dist):
                     progress.update(done + 1, values, lr_done)

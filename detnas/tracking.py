@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 # anything imports mlflow (only this module does), and inherited by every process a job starts.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-__all__ = ["StageRun", "VIEW_KEY", "artifact_root", "comparison_view", "default_tracking_uri", "flatten",
+__all__ = ["StageRun", "VIEW_KEY", "artifact_root", "read_store", "comparison_view", "default_tracking_uri", "flatten",
            "git_commit", "read_view", "ui_command", "view_url"]
 
 T = TypeVar("T")
@@ -159,6 +159,17 @@ def _local_artifacts(artifact_uri: str, tracking_uri: str | None = None, registr
         return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
     relative = urllib.parse.unquote(urllib.parse.urlparse(artifact_uri).path).lstrip("/")
     return LocalArtifactRepository((root / relative).as_uri())
+
+
+def read_store(uri: str | None = None) -> Any:
+    """An ``MlflowClient`` of ``uri`` (default: ``MLFLOW_TRACKING_URI``) that also reads a SQLite
+    store's artifacts, from the ``mlflow-artifacts/`` folder beside it: MLflow's own client reads
+    ``mlflow-artifacts:/`` addresses only through a tracking server. For a notebook or a script that
+    reads the results' store in Python."""
+    from mlflow.tracking import MlflowClient
+
+    _register_local_artifacts()
+    return MlflowClient(tracking_uri=uri)
 
 
 def _register_local_artifacts() -> None:

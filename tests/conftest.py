@@ -54,6 +54,15 @@ def _isolated_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _store_artifacts_readable():
+    """The tests read the stores' artifacts with MLflow's own client, as ``read_store`` lets a user:
+    a SQLite store's ``mlflow-artifacts:/`` addresses resolve to the folder beside it."""
+    from detnas.tracking import read_store
+
+    read_store("sqlite://")
+
+
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
     """The micro workflow (tests/data/micro_config.yaml), every target, run once per test session.

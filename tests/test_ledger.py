@@ -61,3 +61,30 @@ def test_run_ledger_writes_both_files(tmp_path):
     written = json.loads((tmp_path / "ledger.json").read_text())
     assert written["methods"]["detnas"]["gpu_h"] == pytest.approx(2.0)
     assert (tmp_path / "ledger.csv").read_text().splitlines()[0] == "stage,jobs,wall-clock (sum),GPU-hours,CPU-hours,peak memory (GB)"
+
+
+def test_the_ledger_stands_beside_the_plans_prediction(tmp_path):
+    b = tmp_path / "benchmarks"
+    jobs = [{"stage": "pretrain_supernet", "name": "pretrain", "methods": ["detnas"], "gpus": 8,
+             "benchmark": _bench(b / "pretrain.tsv", 3600, 100)},
+            {"stage": "search", "name": "search detnas", "methods": ["detnas"], "gpus": 2,
+             "benchmark": _bench(b / "search.tsv", 1800, 50)}]
+    plan = {"device": "cuda (test card)",
+            "stages": [{"stage": "pretrain_supernet", "jobs": 1, "predicted": 1, "job_h": 0.5, "gpu_h": 4.0},
+                       {"stage": "search", "jobs": 1, "predicted": 0, "job_h": 0.0, "gpu_h": None}],
+            "total": {"jobs": 2, "predicted": 1, "job_h": 0.5, "gpu_h": 4.0}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    ledger = run_ledger(jobs=jobs, json_out=tmp_path / "ledger.json", csv_out=tmp_path / "ledger.csv",
+                        experiment="x", mlflow={"experiment": "x", "run_name": "ledger"}, plan=tmp_path / "plan.json")
+    stages = {s["stage"]: s for s in ledger["stages"]}
+    assert stages["pretrain_supernet"]["predicted_gpu_h"] == 4.0 and stages["pretrain_supernet"]["spent_vs_predicted"] == 2.0
+    assert stages["search"]["predicted_wall_h"] is None and stages["search"]["spent_vs_predicted"] is None  # not predicted
+    assert ledger["total"]["spent_vs_predicted"] == pytest.approx(1.5 / 0.5) and ledger["plan_device"] == "cuda (test card)"
+    table = (tmp_path / "ledger.csv").read_text().splitlines()
+    assert table[0].endswith("planned wall-clock,planned GPU-hours,spent/planned")
+    assert table[1].endswith(",30.0 min,4.00,2.00x") and table[2].endswith(",-,-,-")
+    # a plan file that is not one (e.g. an empty object) leaves every prediction empty, not an error
+    (tmp_path / "plan.json").write_text("{}")
+    empty = run_ledger(jobs=jobs, json_out=tmp_path / "ledger.json", csv_out=tmp_path / "ledger.csv",
+                       experiment="x", mlflow={"experiment": "x", "run_name": "ledger"}, plan=tmp_path / "plan.json")
+    assert empty["total"]["predicted_wall_h"] is None

@@ -25,9 +25,11 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPA
 def _training_script(metrics: Path, code: int, message: str = "") -> list[str]:
     """A stand-in stage: writes a metrics.json of 40 steps logged every 5 (8 images per step; the
     first rows slow, as a warm-up is), prints ``message`` and exits ``code``."""
-    rows = [{"step": s, "loss": 1.0, "images_per_s": 8 / (1.0 if s <= 10 else 0.1 + 0.01 * (s % 3))}
+    rows = [{"step": s, "loss": 1.0, "images_per_s": 8 / (1.0 if s <= 10 else 0.1 + 0.01 * (s % 3)), "data_s": 0.02}
             for s in range(5, 41, 5)]
-    body = (f"import json, sys; json.dump({{'iterations': 40, 'history': {rows!r}}}, open({str(metrics)!r}, 'w')); "
+    extra = {"loader_images_per_s": 50.0, "loader_workers": 3, "world_size": 1, "peak_gpu_memory_mb": None}
+    body = (f"import json, sys; json.dump({{'iterations': 40, 'history': {rows!r}, **{extra!r}}}, "
+            f"open({str(metrics)!r}, 'w')); "
             f"print('step 40/40'); print({message!r}); sys.exit({code})")
     return [sys.executable, "-c", body]
 
@@ -56,6 +58,9 @@ def test_rehearse_times_the_steps_after_the_warmup(tmp_path):
     assert t["sec_per_step"] == pytest.approx(0.11)
     assert 0.1 - 1e-9 <= t["sec_per_step_p10"] <= t["sec_per_step"] <= t["sec_per_step_p90"] <= 0.12 + 1e-9
     assert t["images_per_s"] == pytest.approx(8 / 0.11)
+    # the model's own rate: a step less its 0.02 s wait for the batch; the loader's alone as measured
+    assert t["data_s_per_step"] == pytest.approx(0.02) and t["model_images_per_s"] == pytest.approx(8 / 0.09)
+    assert t["loader_images_per_s"] == 50.0 and t["loader_workers"] == 3 and t["peak_gpu_memory_mb"] is None
     assert t["overhead_s"] == pytest.approx(max(0.0, r["wall_s"] - 40 * 0.11))
     assert r["peak_rss_mb"] > 1 and r["device"] and r["device_memory_mb"] > 0
     assert "step 40/40" in (tmp_path / "r.log").read_text()
@@ -91,10 +96,11 @@ def test_rehearse_search_and_evaluate_timing(tmp_path):
     t = json.loads((tmp_path / "r.json").read_text())["timing"]
     assert t["kind"] == "candidates" and t["candidates"] == 3 and t["sec_per_candidate"] == 0.01
     final = tmp_path / "final.json"
-    final.write_text(json.dumps({"test_images": 20, "seconds": 0.5}))
+    final.write_text(json.dumps({"test_images": 20, "test_images_total": 500, "seconds": 0.5}))
     assert _rehearse(tmp_path, [sys.executable, "-c", "pass"], stage="evaluate", final=final).returncode == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["timing"]["kind"] == "images" and r["timing"]["sec_per_image"] == pytest.approx(0.025)
+    assert r["timing"]["images"] == 20 and r["timing"]["images_total"] == 500  # a few of the test split
     assert r["timing"]["overhead_s"] == pytest.approx(max(0.0, r["wall_s"] - 0.5))
 
 
@@ -148,6 +154,7 @@ def _jobs(tmp_path: Path) -> list[dict]:
                 steps=20000),
             job("search", "search", "search detnas", ["detnas"], candidates=100),
             job("search", "search", "search random", ["random"], candidates=100),
+            job("search", "search", "search clsnas", ["clsnas"], candidates=100, rehearsal="search_clsnas"),
             job("search", "handcrafted_arch", "shufflenetv2 architecture", ["shufflenetv2"], candidates=0)]
     for m in ("detnas", "random", "shufflenetv2"):
         jobs += [job("retrain_finetune", "retrain_finetune", f"retrain {m} (detector)", [m], gpus=1, steps=5000),
@@ -156,13 +163,20 @@ def _jobs(tmp_path: Path) -> list[dict]:
 
 
 REHEARSALS = {
+    # the loader alone gives 40 images/s with 3 workers, the model takes 80: loader-bound, 7 CPUs per GPU
     "pretrain_supernet": _rehearsal("pretrain_supernet", {"kind": "steps", "steps": 40, "sec_per_step": 0.5,
-                                                           "overhead_s": 30.0, "images_per_s": 64.0}),
+                                                           "overhead_s": 30.0, "images_per_s": 64.0,
+                                                           "model_images_per_s": 80.0, "loader_images_per_s": 40.0,
+                                                           "loader_workers": 3}),
+    "search_clsnas": _rehearsal("search_clsnas", {"kind": "candidates", "candidates": 3, "sec_per_candidate": 2.0,
+                                                  "overhead_s": 5.0}),
     "search": _rehearsal("search", {"kind": "candidates", "candidates": 3, "sec_per_candidate": 20.0,
                                     "overhead_s": 15.0}),
     "retrain_finetune": _rehearsal("retrain_finetune", {"kind": "steps", "steps": 40, "sec_per_step": 2.0,
                                                          "overhead_s": 100.0, "images_per_s": 4.0}, peak=15000.0),
-    "evaluate": _rehearsal("evaluate", {"kind": "images", "images": 50, "sec_per_image": 0.2, "overhead_s": 10.0}),
+    # 50 of the test split's 400 images rehearsed; 15 GB of the GPU's 16 GB
+    "evaluate": {**_rehearsal("evaluate", {"kind": "images", "images": 50, "images_total": 400, "sec_per_image": 0.2,
+                                           "overhead_s": 10.0, "peak_gpu_memory_mb": 15000.0}), "device": "GPU X"},
 }
 
 
@@ -174,7 +188,8 @@ def test_plan_predicts_each_job_and_flags(tmp_path):
     assert pred["pretrain supernet"] == pytest.approx(20000 * 0.5 + 30)
     assert pred["search detnas"] == pytest.approx(100 * 20 + 15) and pred["shufflenetv2 architecture"] == 0
     assert pred["retrain detnas (detector)"] == pytest.approx(5000 * 2 + 100)
-    assert pred["evaluate detnas"] == pytest.approx(50 * 0.2 + 10)
+    assert pred["search clsnas"] == pytest.approx(100 * 2 + 5)  # its own rehearsal
+    assert pred["evaluate detnas"] == pytest.approx(400 * 0.2 + 10)
     gpu = {j["name"]: j["gpu_h"] for j in plan["jobs"]}
     assert gpu["pretrain supernet"] == pytest.approx(2 * 10030 / 3600) and gpu["search detnas"] == 0
     assert plan["total"]["gpu_h"] == pytest.approx((2 * 10030 + 3 * 10100) / 3600)
@@ -185,7 +200,12 @@ def test_plan_predicts_each_job_and_flags(tmp_path):
     flags = "\n".join(plan["flags"])
     # 10030 s and 10100 s against a 7200 s limit: one resubmission each
     assert "pretrain_supernet: 1 job longer than the profile's runtime limit" in flags and "1 resubmissions" in flags
-    assert "retrain_finetune: peak memory 15000 MB is within 10%" in flags
+    assert "retrain_finetune: peak host memory 15000 MB is within 10%" in flags
+    assert "evaluate: peak GPU memory 15000 MB is within 10%" in flags and stages["evaluate"]["memory_kind"] == "GPU"
+    assert ("pretrain_supernet: loader-bound: the loader alone gives 40.0 images/s, the model takes 80.0; with 3 "
+            "loader workers per process (4 CPUs per GPU) it needs about 7") in flags
+    assert stages["pretrain_supernet"]["loader"]["cpus_per_gpu_needed"] == 7
+    assert stages["search"]["rehearsals"] == ["search", "search_clsnas"]
     assert "set-resources" not in flags  # the 20000 steps have 2 GPUs
     assert "retrain_finetune: trains" not in flags  # 5000 steps is not large
 
@@ -200,7 +220,8 @@ def test_plan_flags_cpu_training_and_keeps_a_failed_stage(tmp_path):
                      profile={"parallel_jobs": 1, "runtime_min": None, "cpus_per_gpu": None})
     stages = {s["stage"]: s for s in plan["stages"]}
     assert stages["search"]["status"] == "failed" and stages["search"]["error"] == "ValueError: population 0"
-    assert all(j["pred_s"] is None for j in plan["jobs"] if j["stage"] == "search")
+    assert all(j["pred_s"] is None for j in plan["jobs"] if j["stage"] == "search" and j["name"] != "search clsnas")
+    assert [j["pred_s"] for j in plan["jobs"] if j["name"] == "search clsnas"] == [205.0]  # its own rehearsal
     flags = "\n".join(plan["flags"])
     assert "search: rehearsal FAILED: ValueError: population 0" in flags
     assert "pretrain_supernet: trains 20000 steps on CPU (0 GPUs); set `set-resources: pretrain_supernet: gpu: N`" in flags
@@ -214,7 +235,7 @@ def test_parallel_wall_clock(tmp_path):
     assert one["total"]["wall_s"] == pytest.approx(sum(j["pred_s"] for j in one["jobs"]))
     many = make_plan(jobs=jobs, rehearsals=REHEARSALS, experiment="demo", profile={"parallel_jobs": 100})
     # the longest chain: split -> pretrain -> search -> retrain -> evaluate (detnas)
-    chain = 12.5 + 10030 + 2015 + 10100 + 20
+    chain = 12.5 + 10030 + 2015 + 10100 + 90
     assert many["total"]["wall_s"] == pytest.approx(chain)
     # two slots, four independent jobs of 1 s: 2 s; a job waits for the earlier stages of its methods only
     small = [{"stage": "search", "methods": [m], "pred_s": 1.0} for m in "abcd"]
@@ -237,7 +258,7 @@ def test_plan_command_writes_prints_and_reprints_within_100_columns(tmp_path, ca
                  "--json", str(out), "--md", str(tmp_path / "plan.md")]) == 0
     made = capsys.readouterr().out
     plan = json.loads(out.read_text())
-    assert plan["experiment"] == "demo" and plan["device"] == "cpu"
+    assert plan["experiment"] == "demo" and plan["device"] == "GPU X, cpu"
     assert set(plan) >= {"experiment", "device", "stages", "total", "flags", "jobs"}
     md = (tmp_path / "plan.md").read_text()
     assert "| retrain_finetune |" in md and "FAILED: ValueError" in md and "Flags:" in md
@@ -247,6 +268,18 @@ def test_plan_command_writes_prints_and_reprints_within_100_columns(tmp_path, ca
     assert "FAILED" in shown and "flags:" in shown and "retrain_finetune" in shown
     assert all(len(line) <= 100 for line in shown.splitlines()), max(shown.splitlines(), key=len)
     assert main(["plan", str(out), "--md", "x.md"]) == 2  # print or make, not both
+
+    # after the real run, its ledger.json beside the plan: planned against spent, per stage
+    spent = {s["stage"]: s for s in plan["stages"] if s["predicted"]}
+    ledger = {"stages": [{"stage": k, "jobs": s["jobs"], "wall_h": 2 * s["job_h"], "gpu_h": 2 * (s["gpu_h"] or 0),
+                          "cpu_h": 0.0, "max_rss_gb": None} for k, s in spent.items()],
+              "total": {"jobs": 1, "wall_h": 2 * plan["total"]["job_h"], "gpu_h": 0.0, "cpu_h": 0.0, "max_rss_gb": None}}
+    (out.parent / "ledger.json").write_text(json.dumps(ledger))
+    assert main(["plan", str(out)]) == 0
+    both = capsys.readouterr().out
+    assert both.startswith(made) and "planned against spent" in both
+    tail = both[len(made):].splitlines()
+    assert all(len(line) <= 100 for line in tail) and sum("2.00x" in line for line in tail) == len(spent) + 1
 
 
 def test_plan_accuracy_compares_predicted_and_measured_seconds(tmp_path):

@@ -32,8 +32,8 @@ def test_the_plan_target_rehearses_every_stage_once(tmp_path):
     wd = make_workdir(tmp_path / "wd")
     jobs = planned(wd, "results/shapes_fpn/plan.json")
     assert {k: v for k, v in jobs.items() if k.startswith("rehearse_")} == {
-        f"rehearse_{s}": 1 for s in ("pretrain_supernet", "finetune_supernet", "search", "retrain_pretrain",
-                                     "retrain_finetune", "evaluate")}
+        f"rehearse_{s}": 1 for s in ("pretrain_supernet", "finetune_supernet", "search", "search_clsnas",
+                                     "retrain_pretrain", "retrain_finetune", "evaluate")}
     assert jobs["plan"] == 1 and not {"pretrain_supernet", "finetune_supernet", "search", "evaluate"} & set(jobs)
 
 

@@ -35,7 +35,7 @@ from detnas.checkpoint import Checkpointer
 from detnas.data.coco import prepare_detection
 from detnas.detectors import DetectorSettings, build_detector
 from detnas.distributed import Dist
-from detnas.engine import Progress, Schedule, make_sgd, train, uniform_path
+from detnas.engine import TIMING_KEYS, Progress, Schedule, make_sgd, train, uniform_path
 from detnas.io import load_checkpoint, save_checkpoint, write_json_atomic
 from detnas.precision import Precision, resolve_amp, resolve_channels_last
 from detnas.space import get_space
@@ -257,7 +257,7 @@ def _pretrain_args(split: Path, out: Path, settings: dict) -> list[str]:
 
 
 def _same_history(a: dict, b: dict) -> None:
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]  # noqa: E731
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
     assert drop(a["history"]) == drop(b["history"])
 
 

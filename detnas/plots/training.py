@@ -12,9 +12,10 @@ __all__ = ["plot_training_curves"]
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, *, title: str) -> None:
     """Loss terms and learning rate against the step, from ``Progress.history`` rows."""
+    from ..engine import TIMING_KEYS  # torch: only where a training stage plots
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     steps = [r["step"] for r in history]
-    keys = [k for k in (history[0] if history else {}) if k not in ("step", "lr", "images_per_s")]
+    keys = [k for k in (history[0] if history else {}) if k not in ("step", "lr", *TIMING_KEYS)]
     for k in keys:
         ax_loss.plot(steps, [r.get(k, float("nan")) for r in history], label=k, lw=1.6 if k == "loss" else 1.0)
     ax_loss.set_xlabel("step")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..detectors import detector_from_checkpoint
-from ..distributed import init_distributed, set_threads
+from ..distributed import init_distributed, peak_gpu_memory_mb, set_threads
 from ..coco_eval import COCO_METRICS, Evaluator, results_dicts
 from ..evaluate import DetectionImages, detect_array
 from ..flops import cost_table
@@ -87,8 +87,11 @@ def run_evaluate(
     channels_last: bool | str | None = None,
     detector_metrics: Path | None = None,
     pictures: Path | None = None,
+    max_images: int | None = None,
 ) -> None:
-    """Evaluate on every test image; ``final.json`` gets the fields of PIPELINE.md.
+    """Evaluate on every test image (``max_images``: that many of them, drawn with seed 0: a
+    rehearsal's); ``final.json`` gets the fields of PIPELINE.md, with ``test_images`` the images
+    evaluated and ``test_images_total`` the test split's.
 
     ``info``: experiment, method, dataset, detector (names, copied into final.json).
     ``primary_metric``: the headline figure, one of ``PRIMARY_METRICS``; final.json names it in
@@ -126,7 +129,7 @@ def run_evaluate(
                                     "classes": meta.get("category_names"), "precision": precision.describe(),
                                     **info}) as run:
         t = time.perf_counter()
-        data = DetectionImages.load(test_file)
+        data = DetectionImages.load(test_file, limit=max_images)
         if data.category_ids != meta["category_ids"]:
             raise ValueError(f"{test_file}: category ids {data.category_ids} differ from those {detector} was trained "
                              f"on ({meta['category_ids']}); evaluate on the test split of the same dataset")
@@ -170,7 +173,9 @@ def run_evaluate(
             "backbone_params_m": table.backbone_params(arch) / 1e6,
             "classifier_params_m": table.classifier_params(arch, cls["num_classes"]) / 1e6,
             "test_images": len(data),
-            "seconds": seconds,  # the evaluation's own time (s), without start-up: the plan's seconds per image
+            "test_images_total": len(data.coco.imgs),
+            "seconds": seconds,
+            "peak_gpu_memory_mb": peak_gpu_memory_mb(dist.device),  # the evaluation's own time (s), without start-up: the plan's seconds per image
             "precision": precision.describe(),
             "trained_precision": trained,
             **metrics,

@@ -21,6 +21,7 @@ from ..engine import (
     make_sgd,
     train,
     training_batches,
+    training_telemetry,
     uniform_path,
     unwrap,
 )
@@ -53,6 +54,7 @@ class DetectionSettings:
     schedule_factor: float = 1.0  # DetNAS-scratch: 2, twice the iterations (milestones scaled too)
     amp: str | bool = "auto"  # auto, bf16, fp16, off (detnas.precision)
     channels_last: bool | str = "auto"
+    loader_probe: int = 0  # a rehearsal: time this many batches of the loader alone after training
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectionSettings":
@@ -182,6 +184,8 @@ def run_finetune(
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
             "health": loss_health(history),
+            **training_telemetry(batches, loader_probe=cfg.loader_probe, batch_size=cfg.batch_size, threads=threads,
+                                 dist=dist),
         }
         if dist.is_main:
             print(loss_health_line(metrics["health"]), flush=True)

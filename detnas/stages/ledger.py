@@ -9,6 +9,11 @@ wall-clock hours times its GPUs. The paper's Table 4 gives the same per step for
 A method's cost is every job its row needed, the shared ones in full (the supernet pre-training
 counts for DetNAS, random search and ClsNAS alike): what it would cost to run that method alone.
 The random architectures' row is all of them together.
+
+Beside the plan: when the experiment was rehearsed (``plan.json``, ``detnas.stages.plan``), each
+stage and the total carry the plan's prediction (``predicted_wall_h``: the predicted job-hours,
+``predicted_gpu_h``) and ``spent_vs_predicted`` (spent wall-clock over predicted), so the table shows
+how far the plan was off.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import Any
 import pandas as pd
 
 from ..formatting import fmt_duration, fmt_number
-from ..io import write_json_atomic, write_text_atomic
+from ..io import read_json, write_json_atomic, write_text_atomic
 from ..tracking import StageRun
 
-__all__ = ["STAGES", "read_benchmark", "run_ledger", "summarize_jobs"]
+__all__ = ["STAGES", "beside_plan", "read_benchmark", "run_ledger", "summarize_jobs"]
 
 # the steps of the paper's Table 4, in order, and the rules that make them
 STAGES = {
@@ -88,29 +93,55 @@ def summarize_jobs(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"jobs": rows, "stages": stages, "methods": per_method, "total": total(rows)}
 
 
+def beside_plan(ledger: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """``ledger`` with the plan's prediction beside each stage and the total (see the module's
+    docstring); a stage the plan did not predict gets None."""
+    predicted = {s["stage"]: s for s in plan.get("stages", [])}
+
+    def add(entry: dict[str, Any], p: dict[str, Any] | None) -> dict[str, Any]:
+        wall = None if p is None or not p.get("predicted") else p.get("job_h")
+        gpu = None if p is None or not p.get("predicted") else p.get("gpu_h")
+        ratio = entry["wall_h"] / wall if wall else None
+        return {**entry, "predicted_wall_h": wall, "predicted_gpu_h": gpu, "spent_vs_predicted": ratio}
+
+    t = plan.get("total") or {}
+    total_p = {"predicted": t.get("predicted"), "job_h": t.get("job_h"), "gpu_h": t.get("gpu_h")} if t else None
+    return {**ledger, "stages": [add(s, predicted.get(s["stage"])) for s in ledger["stages"]],
+            "total": add(ledger["total"], total_p), "plan_device": plan.get("device")}
+
+
 def _hours(h: float | None) -> str:
     """Hours as a person reads them: seconds, minutes, hours or days (``fmt_duration``)."""
     return fmt_duration(None if h is None else h * 3600)
 
 
 def ledger_table(ledger: dict[str, Any]) -> pd.DataFrame:
-    """The paper's Table 4 for this run: one row per stage, then the total."""
-    rows = [{"stage": s["what"], "jobs": s["jobs"], "wall-clock (sum)": _hours(s["wall_h"]),
-             "GPU-hours": fmt_number(s["gpu_h"], 2), "CPU-hours": fmt_number(s["cpu_h"], 2),
-             "peak memory (GB)": "-" if s["max_rss_gb"] is None else fmt_number(s["max_rss_gb"], 2)}
-            for s in ledger["stages"]]
-    t = ledger["total"]
-    rows.append({"stage": "total", "jobs": t["jobs"], "wall-clock (sum)": _hours(t["wall_h"]),
-                 "GPU-hours": fmt_number(t["gpu_h"], 2), "CPU-hours": fmt_number(t["cpu_h"], 2),
-                 "peak memory (GB)": "-" if t["max_rss_gb"] is None else fmt_number(t["max_rss_gb"], 2)})
-    return pd.DataFrame(rows)
+    """The paper's Table 4 for this run: one row per stage, then the total; with the plan's
+    prediction beside it (``beside_plan``) where the experiment was rehearsed."""
+    planned = "predicted_wall_h" in ledger["total"]
+
+    def row(name: str, s: dict[str, Any]) -> dict[str, Any]:
+        out = {"stage": name, "jobs": s["jobs"], "wall-clock (sum)": _hours(s["wall_h"]),
+               "GPU-hours": fmt_number(s["gpu_h"], 2), "CPU-hours": fmt_number(s["cpu_h"], 2),
+               "peak memory (GB)": "-" if s["max_rss_gb"] is None else fmt_number(s["max_rss_gb"], 2)}
+        if planned:
+            ratio = s["spent_vs_predicted"]
+            out |= {"planned wall-clock": "-" if s["predicted_wall_h"] is None else _hours(s["predicted_wall_h"]),
+                    "planned GPU-hours": "-" if s["predicted_gpu_h"] is None else fmt_number(s["predicted_gpu_h"], 2),
+                    "spent/planned": "-" if ratio is None else f"{ratio:.2f}x"}
+        return out
+
+    return pd.DataFrame([row(s["what"], s) for s in ledger["stages"]] + [row("total", ledger["total"])])
 
 
 def run_ledger(*, jobs: list[dict[str, Any]], json_out: Path, csv_out: Path, experiment: str,
-               mlflow: dict[str, Any]) -> dict[str, Any]:
-    """Write ``json_out`` (``summarize_jobs``) and ``csv_out`` (``ledger_table``), print the table, and
-    log each stage's and method's GPU-hours and wall-clock hours to MLflow."""
+               mlflow: dict[str, Any], plan: Path | None = None) -> dict[str, Any]:
+    """Write ``json_out`` (``summarize_jobs``, beside ``plan``'s prediction when given) and ``csv_out``
+    (``ledger_table``), print the table, and log each stage's and method's GPU-hours and wall-clock
+    hours to MLflow."""
     ledger = {"experiment": experiment, **summarize_jobs(jobs)}
+    if plan is not None:
+        ledger = beside_plan(ledger, read_json(plan))
     table = ledger_table(ledger)
     write_json_atomic(ledger, json_out)
     write_text_atomic(table.to_csv(index=False), csv_out)

@@ -66,7 +66,7 @@ def predict_job(job: dict[str, Any], rehearsal: dict[str, Any] | None) -> float 
         if candidates is None:
             return None
         return 0.0 if candidates == 0 else candidates * t["sec_per_candidate"] + t["overhead_s"]
-    images = job.get("images") if job.get("images") is not None else t["images"]
+    images = job.get("images") if job.get("images") is not None else t.get("images_total", t["images"])
     return images * t["sec_per_image"] + t["overhead_s"]
 
 
@@ -94,12 +94,35 @@ def schedule(jobs: list[dict[str, Any]], parallel_jobs: int) -> float:
     return end
 
 
-def _memory(rehearsal: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(peak resident memory, the memory it is held against), MB: the host's memory where the
-    rehearsal recorded it (the peak is the processes' RSS, host memory also on a GPU), else the
-    device's."""
-    limit = rehearsal.get("host_memory_mb") or rehearsal.get("device_memory_mb")
-    return rehearsal.get("peak_rss_mb"), limit
+def _rehearsal_of(job: dict[str, Any]) -> str:
+    """The rehearsal that times a job: its ``rehearsal`` (e.g. ClsNAS's search, "search_clsnas"),
+    else its stage's."""
+    return str(job.get("rehearsal") or job["stage"])
+
+
+def _memory(rehearsal: dict[str, Any]) -> tuple[float | None, float | None, str]:
+    """(peak memory, the memory it is held against, MB; which): on a GPU the peak CUDA memory the
+    stage allocated against the card's, else the processes' peak resident set against the host's."""
+    gpu = (rehearsal.get("timing") or {}).get("peak_gpu_memory_mb")
+    if gpu is not None and rehearsal.get("device_memory_mb"):
+        return float(gpu), float(rehearsal["device_memory_mb"]), "GPU"
+    return rehearsal.get("peak_rss_mb"), rehearsal.get("host_memory_mb") or rehearsal.get("device_memory_mb"), "host"
+
+
+def loader_check(timing: dict[str, Any], gpus: int) -> dict[str, Any] | None:
+    """Whether a training stage's loader can feed its model: None where the rehearsal did not
+    measure both; else ``{"bound", "model", "loader" (images/s), "workers" (per process),
+    "cpus_per_gpu" (what it had: workers + 1), "cpus_per_gpu_needed"}``. The loader's rate is taken
+    as proportional to its workers (the main process counts as one where there are none): the
+    workers needed per process are ``ceil(workers * model / loader)``, plus the process's own CPU."""
+    model, loader = timing.get("model_images_per_s"), timing.get("loader_images_per_s")
+    if not model or not loader:
+        return None
+    workers = int(timing.get("loader_workers") or 0)
+    needed = max(1, math.ceil(max(workers, 1) * model / loader))
+    had = workers + 1
+    return {"bound": loader < model, "model": model, "loader": loader, "workers": workers, "cpus_per_gpu": had,
+            "cpus_per_gpu_needed": max(had, needed + 1) if loader < model else had, "gpus": gpus}
 
 
 def make_plan(*, jobs: list[dict[str, Any]], rehearsals: dict[str, dict[str, Any]], profile: dict[str, Any],
@@ -113,7 +136,7 @@ def make_plan(*, jobs: list[dict[str, Any]], rehearsals: dict[str, dict[str, Any
     runtime_s = profile.get("runtime_min") * 60 if profile.get("runtime_min") else None
     rows = []
     for job in jobs:
-        pred = predict_job(job, rehearsals.get(job["stage"]))
+        pred = predict_job(job, rehearsals.get(_rehearsal_of(job)))
         gpus = int(job.get("gpus") or 0)
         resub = math.ceil(pred / runtime_s) - 1 if pred is not None and runtime_s and pred > runtime_s else 0
         rows.append({**job, "methods": list(job["methods"]), "gpus": gpus, "rule": _rule(job), "pred_s": pred,
@@ -127,31 +150,52 @@ def make_plan(*, jobs: list[dict[str, Any]], rehearsals: dict[str, dict[str, Any
         mine = [r for r in rows if r["stage"] == stage]
         if not mine:
             continue
-        rehearsal = rehearsals.get(stage)
+        names = sorted({_rehearsal_of(r) for r in mine}, key=lambda n: (n != stage, n))  # the stage's own first
         preds = [r["pred_s"] for r in mine if r["pred_s"] is not None]
         entry: dict[str, Any] = {
             "stage": stage, "what": what, "jobs": len(mine), "predicted": len(preds),
             "pred_s_mean": sum(preds) / len(preds) if preds else None, "pred_s_max": max(preds) if preds else None,
             "gpu_h": sum(r["gpu_h"] for r in mine if r["gpu_h"] is not None) if preds else None,
             "job_h": sum(preds) / 3600, "status": "ok", "error": None, "device": None, "peak_rss_mb": None,
-            "memory_limit_mb": None, "memory_flag": False, "images_per_s": None}
+            "peak_memory_mb": None, "memory_limit_mb": None, "memory_kind": None, "memory_flag": False,
+            "images_per_s": None, "loader_images_per_s": None, "loader": None, "rehearsals": names}
         if stage == "data":
             entry["status"] = "measured" if all(Path(r["benchmark"]).exists() for r in mine) else "not run"
-        elif rehearsal is None:
-            entry["status"] = "missing"
-            flags.append(f"{stage}: no rehearsal; left out of the totals: {_jobs(len(mine))}")
-        else:
-            peak, limit = _memory(rehearsal)
-            entry |= {"device": rehearsal.get("device"), "peak_rss_mb": peak, "memory_limit_mb": limit,
-                      "images_per_s": (rehearsal.get("timing") or {}).get("images_per_s")}
+            entry["rehearsals"] = []
+            stages.append(entry)
+            continue
+        for name in names:
+            rehearsal = rehearsals.get(name)
+            count = sum(_rehearsal_of(r) == name for r in mine)
+            if rehearsal is None:
+                if entry["status"] == "ok":
+                    entry["status"] = "missing"
+                flags.append(f"{name}: no rehearsal; left out of the totals: {_jobs(count)}")
+                continue
             if not rehearsal.get("ok"):
-                entry |= {"status": "failed", "error": rehearsal.get("error")}
-                flags.append(f"{stage}: rehearsal FAILED: {rehearsal.get('error')}; left out of the totals: "
-                             f"{_jobs(len(mine))}")
+                entry |= {"status": "failed", "error": entry["error"] or rehearsal.get("error")}
+                flags.append(f"{name}: rehearsal FAILED: {rehearsal.get('error')}; left out of the totals: "
+                             f"{_jobs(count)}")
+            peak, limit, kind = _memory(rehearsal)
+            if peak is not None and (entry["peak_memory_mb"] is None or peak > entry["peak_memory_mb"]):
+                entry |= {"peak_memory_mb": peak, "memory_limit_mb": limit, "memory_kind": kind}
             if peak is not None and limit and peak >= (1 - MEMORY_MARGIN) * limit:
                 entry["memory_flag"] = True
-                flags.append(f"{stage}: peak memory {peak:.0f} MB is within {MEMORY_MARGIN:.0%} of the "
+                flags.append(f"{name}: peak {kind} memory {peak:.0f} MB is within {MEMORY_MARGIN:.0%} of the "
                              f"{limit:.0f} MB it has (or above)")
+            if name != stage:
+                continue
+            t = rehearsal.get("timing") or {}
+            entry |= {"device": rehearsal.get("device"), "peak_rss_mb": rehearsal.get("peak_rss_mb"),
+                      "images_per_s": t.get("model_images_per_s") or t.get("images_per_s"),
+                      "loader_images_per_s": t.get("loader_images_per_s")}
+            check = loader_check(t, max((r["gpus"] for r in mine), default=0))
+            entry["loader"] = check
+            if check and check["bound"]:
+                flags.append(f"{stage}: loader-bound: the loader alone gives {check['loader']:.1f} images/s, the model "
+                             f"takes {check['model']:.1f}; with {check['workers']} loader workers per process "
+                             f"({check['cpus_per_gpu']} CPUs per {'GPU' if check['gpus'] else 'process'}) it needs "
+                             f"about {check['cpus_per_gpu_needed']} (the job's threads: CPUs per GPU x GPUs)")
         if len(preds) < len(mine) and entry["status"] == "ok":
             flags.append(f"{stage}: no size given; left out of the totals: {_jobs(len(mine) - len(preds))}")
         late = [r for r in mine if r["resubmissions"]]
@@ -177,19 +221,25 @@ def make_plan(*, jobs: list[dict[str, Any]], rehearsals: dict[str, dict[str, Any
             "stages": stages, "total": total, "flags": flags, "jobs": rows}
 
 
-_COLUMNS = [("stage", 17), ("jobs", 4), ("per job", 10), ("max", 10), ("GPU-h", 9), ("rehearsal", 9),
-            ("peak/of MB", 15), ("img/s", 8)]
+_COLUMNS = [("stage", 17), ("jobs", 4), ("per job", 9), ("max", 9), ("GPU-h", 8), ("rehearsal", 9),
+            ("peak/of MB", 15), ("img/s model/ldr", 15)]
 
 
 def _cells(s: dict[str, Any]) -> list[str]:
     """One stage's cells of the table."""
     status = {"ok": "ok", "failed": "FAILED", "missing": "missing", "measured": "ran", "not run": "not run"}[s["status"]]
-    memory = "-" if s["peak_rss_mb"] is None else (
-        f"{s['peak_rss_mb']:.0f}/{s['memory_limit_mb']:.0f}" if s["memory_limit_mb"] else f"{s['peak_rss_mb']:.0f}")
+    peak = s.get("peak_memory_mb", s.get("peak_rss_mb"))
+    memory = "-" if peak is None else (
+        f"{peak:.0f}/{s['memory_limit_mb']:.0f}" if s["memory_limit_mb"] else f"{peak:.0f}")
+    if s.get("memory_kind") == "GPU":
+        memory = "G " + memory
     if s["memory_flag"]:
         memory += "!"
+    rates = "-" if s["images_per_s"] is None else f"{s['images_per_s']:.1f}"
+    if s.get("loader_images_per_s"):
+        rates += f"/{s['loader_images_per_s']:.0f}" + ("!" if (s.get("loader") or {}).get("bound") else "")
     return [s["stage"], str(s["jobs"]), fmt_duration(s["pred_s_mean"]), fmt_duration(s["pred_s_max"]),
-            fmt_number(s["gpu_h"], 1), status, memory, "-" if s["images_per_s"] is None else f"{s['images_per_s']:.1f}"]
+            fmt_number(s["gpu_h"], 1), status, memory, rates]
 
 
 def _total_line(plan: dict[str, Any]) -> str:
@@ -207,7 +257,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         return line.format(*(c[:w] for c, (_, w) in zip(cells, _COLUMNS))).rstrip()
 
     out = textwrap.wrap(f"{plan['experiment']}: predicted cost of the full run on {plan['device'] or '?'} "
-                        f"(from its rehearsal; times per job)", WIDTH)
+                        f"(from its rehearsal; times per job; memory: the host's, G: the GPU's; images/s: the "
+                        f"model's / the loader's alone; !: a flag below)", WIDTH)
     out += [row([c for c, _ in _COLUMNS])] + [row(_cells(s)) for s in plan["stages"]]
     out += textwrap.wrap(_total_line(plan), WIDTH)
     if plan["flags"]:
@@ -219,8 +270,8 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def plan_markdown(plan: dict[str, Any]) -> str:
     """The plan as Markdown (for the report and the README): the table, the total, the flags."""
-    head = ["stage", "jobs", "per job (mean)", "per job (max)", "GPU-hours", "rehearsal", "peak/of memory (MB)",
-            "images/s"]
+    head = ["stage", "jobs", "per job (mean)", "per job (max)", "GPU-hours", "rehearsal", "peak/of memory (MB; G: GPU)",
+            "images/s (model/loader)"]
     lines = [f"# {plan['experiment']}: predicted cost of the full run", "",
              f"On {plan['device'] or '?'}, from the rehearsal of every stage.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -247,10 +298,35 @@ def run_plan(*, jobs: list[dict[str, Any]], rehearsals: dict[str, Path], profile
     return plan
 
 
+def format_spent(plan: dict[str, Any], ledger: dict[str, Any]) -> str:
+    """The plan beside what the real run spent (its ledger.json): per stage the planned and spent
+    job-hours and GPU-hours and their ratio."""
+    from .ledger import beside_plan
+
+    both = beside_plan(ledger, plan)
+    line = "{:<17}  {:>4}  {:>10}  {:>10}  {:>8}  {:>9}  {:>9}"
+    out = [f"{plan['experiment']}: planned against spent (ledger.json; hours summed over the jobs)",
+           line.format("stage", "jobs", "planned", "spent", "spent/pl", "GPU-h pl", "GPU-h sp")]
+
+    def cells(name: str, s: dict[str, Any]) -> str:
+        ratio = s["spent_vs_predicted"]
+        return line.format(name[:17], s["jobs"], fmt_duration(None if s["predicted_wall_h"] is None else s["predicted_wall_h"] * 3600),
+                           fmt_duration(s["wall_h"] * 3600), "-" if ratio is None else f"{ratio:.2f}x",
+                           fmt_number(s["predicted_gpu_h"], 1), fmt_number(s["gpu_h"], 1)).rstrip()
+
+    out += [cells(s["stage"], s) for s in both["stages"]] + [cells("total", both["total"])]
+    return "\n".join(out)
+
+
 def show_plan(path: Path) -> dict[str, Any]:
-    """Print a plan.json that ``run_plan`` wrote."""
+    """Print a plan.json that ``run_plan`` wrote; with the real run's ledger.json beside it, also
+    what the run spent against the plan (``format_spent``)."""
     plan = read_json(path)
     if not isinstance(plan, dict) or "stages" not in plan or "total" not in plan:
         raise ValueError(f"{path}: not a plan (no stages or total)")
     print(format_plan(plan))
+    ledger = Path(path).parent / "ledger.json"
+    if ledger.exists():
+        print()
+        print(format_spent(plan, read_json(ledger)))
     return plan

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-__all__ = ["STAGES", "TRAINING_STAGES", "error_line", "run_rehearse", "timing"]
+__all__ = ["SEARCH_REHEARSALS", "STAGES", "TRAINING_STAGES", "error_line", "run_rehearse", "timing"]
 
 TRAINING_STAGES = ("pretrain_supernet", "finetune_supernet", "retrain_pretrain", "retrain_finetune")
-STAGES = (*TRAINING_STAGES, "search", "evaluate")
+SEARCH_REHEARSALS = ("search", "search_clsnas")  # ClsNAS scores paths on classification images: its own cost
+STAGES = (*TRAINING_STAGES, *SEARCH_REHEARSALS, "evaluate")
 GRACE_S = 10.0  # seconds the command's group has after a SIGTERM before it is killed (SIGKILL)
 _LOG_TAIL_BYTES = 1 << 20  # the error line is looked for in the log's last MiB
 
@@ -76,27 +77,43 @@ def _device() -> tuple[str, float | None]:
     return "cpu", _host_memory_mb()
 
 
+def _median_spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, 10th, 90th percentile) of ``values``."""
+    values = sorted(values)
+    deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
+    return statistics.median(values), deciles[0], deciles[-1]
+
+
 def _steps_timing(metrics: Path, batch_size: int, warmup_steps: int, wall_s: float) -> dict[str, Any]:
     """A training stage's seconds per step from its metrics.json: per history row after the warm-up
-    (step > ``warmup_steps``; the last row if none is), ``batch_size / images_per_s``."""
+    (step > ``warmup_steps``; the last row if none is), ``batch_size / images_per_s``. Also, where
+    the stage measured them: the model's own images/s (``model_images_per_s``: a step less its wait
+    for the batch, ``data_s``), the loader's alone (``loader_images_per_s``, its ``loader_workers``
+    per process) and the peak CUDA memory (``peak_gpu_memory_mb``, MB)."""
     from ..io import read_json
 
     m = read_json(metrics)
     try:
         steps = int(m["iterations"])
-        rows = [(int(r["step"]), float(r["images_per_s"])) for r in m["history"]]
-    except (KeyError, TypeError, ValueError) as exc:
+        rows = [(int(r["step"]), float(r["images_per_s"]), r.get("data_s")) for r in m["history"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{metrics}: not a training stage's metrics (no iterations or history: {exc!r})") from None
-    rows = [(s, x) for s, x in rows if x == x and 0 < x < float("inf")]
+    rows = [(s, x, d) for s, x, d in rows if x == x and 0 < x < float("inf")]
     if not rows:
         raise ValueError(f"{metrics}: no history row with a positive images_per_s")
-    timed = [x for s, x in rows if s > warmup_steps] or [rows[-1][1]]
-    per_step = sorted(batch_size / x for x in timed)
-    median = statistics.median(per_step)
-
-    deciles = statistics.quantiles(per_step, n=10, method="inclusive") if len(per_step) > 1 else per_step * 9
-    return {"kind": "steps", "steps": steps, "sec_per_step": median, "sec_per_step_p10": deciles[0],
-            "sec_per_step_p90": deciles[-1], "images_per_s": batch_size / median, "timed_rows": len(timed),
+    timed = [(x, d) for s, x, d in rows if s > warmup_steps] or [rows[-1][1:]]
+    median, p10, p90 = _median_spread([batch_size / x for x, _ in timed])
+    waits = [float(d) for _, d in timed if isinstance(d, (int, float))]
+    data_s = statistics.median(waits) if waits else None
+    compute_s = median - data_s if data_s is not None else None
+    loader = m.get("loader_images_per_s")
+    return {"kind": "steps", "steps": steps, "sec_per_step": median, "sec_per_step_p10": p10,
+            "sec_per_step_p90": p90, "images_per_s": batch_size / median, "timed_rows": len(timed),
+            "data_s_per_step": data_s,
+            "model_images_per_s": batch_size / compute_s if compute_s and compute_s > 0 else None,
+            "loader_images_per_s": float(loader) if isinstance(loader, (int, float)) and loader > 0 else None,
+            "loader_workers": m.get("loader_workers"), "world_size": m.get("world_size"),
+            "peak_gpu_memory_mb": m.get("peak_gpu_memory_mb"),
             "overhead_s": max(0.0, wall_s - steps * median)}
 
 
@@ -109,7 +126,8 @@ def _candidates_timing(arch_file: Path, wall_s: float) -> dict[str, Any]:
         n, s = int(a["evaluations"]), float(a["seconds_per_candidate"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{arch_file}: no evaluations or seconds_per_candidate ({exc!r})") from None
-    return {"kind": "candidates", "candidates": n, "sec_per_candidate": s, "overhead_s": max(0.0, wall_s - n * s)}
+    return {"kind": "candidates", "candidates": n, "sec_per_candidate": s, "overhead_s": max(0.0, wall_s - n * s),
+            "peak_gpu_memory_mb": a.get("peak_gpu_memory_mb")}
 
 
 def _images_timing(final: Path, wall_s: float) -> dict[str, Any]:
@@ -120,12 +138,14 @@ def _images_timing(final: Path, wall_s: float) -> dict[str, Any]:
     f = read_json(final)
     try:
         n = int(f["test_images"])
+        total = int(f.get("test_images_total") or n)
         seconds = float(f["seconds"]) if f.get("seconds") is not None else wall_s
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{final}: no test_images ({exc!r})") from None
     if n <= 0:
         raise ValueError(f"{final}: test_images is {n}")
-    return {"kind": "images", "images": n, "sec_per_image": seconds / n, "overhead_s": max(0.0, wall_s - seconds)}
+    return {"kind": "images", "images": n, "images_total": total, "sec_per_image": seconds / n,
+            "overhead_s": max(0.0, wall_s - seconds), "peak_gpu_memory_mb": f.get("peak_gpu_memory_mb")}
 
 
 def timing(stage: str, *, wall_s: float, metrics: Path | None = None, batch_size: int | None = None,
@@ -135,7 +155,7 @@ def timing(stage: str, *, wall_s: float, metrics: Path | None = None, batch_size
     if stage in TRAINING_STAGES:
         assert metrics is not None and batch_size is not None
         return _steps_timing(metrics, batch_size, warmup_steps, wall_s)
-    if stage == "search":
+    if stage in SEARCH_REHEARSALS:
         assert arch_file is not None
         return _candidates_timing(arch_file, wall_s)
     assert final is not None
@@ -151,8 +171,8 @@ def _check_args(stage: str, command: Sequence[str], metrics: Path | None, batch_
         raise ValueError("no command to rehearse: give it after --")
     if stage in TRAINING_STAGES and (metrics is None or batch_size is None or batch_size <= 0):
         raise ValueError(f"{stage}: give --metrics (the stage's metrics.json) and --batch-size (> 0)")
-    if stage == "search" and arch_file is None:
-        raise ValueError("search: give --arch-file (the search's arch.json)")
+    if stage in SEARCH_REHEARSALS and arch_file is None:
+        raise ValueError(f"{stage}: give --arch-file (the search's arch.json)")
     if stage == "evaluate" and final is None:
         raise ValueError("evaluate: give --final (the evaluation's final.json)")
 

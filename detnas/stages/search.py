@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..checkpoint import resume_key, stale_reason
-from ..distributed import Dist, init_distributed, set_threads
+from ..distributed import Dist, init_distributed, peak_gpu_memory_mb, set_threads
 from ..flops import cost_table
 from ..formatting import fmt_number
 from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
@@ -371,6 +371,7 @@ def _lead(
             "best_per_repeat": [{"repeat": r, "seed": s.repeat_seed(r), "arch": best(h).arch, "fitness": best(h).fitness}
                                 for r, h in enumerate(histories)],
             "seconds_per_candidate": float(np.mean(seconds)) if seconds else None,
+            "peak_gpu_memory_mb": peak_gpu_memory_mb(dist.device),
             "mlflow_run_id": run.run_id,
         }
         _write_history(rows, history_out)

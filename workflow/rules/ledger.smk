@@ -68,10 +68,13 @@ rule ledger:
     params:
         jobs=lambda w: as_json(ledger_jobs(w.experiment)),
         mlflow=lambda w: mlflow_run(w.experiment, "ledger", "ledger", w, **experiment_tags(w.experiment)),
+        # the rehearsal's prediction beside what was spent, where the experiment was rehearsed (read,
+        # not an input: a ledger never makes the rehearsal run)
+        plan=lambda w: f"--plan {R}/{w.experiment}/plan.json" if os.path.exists(f"{R}/{w.experiment}/plan.json") else "",
     log:
         f"{R}/logs/ledger/{{experiment}}.log",
     benchmark:
         f"{R}/benchmarks/ledger/{{experiment}}.tsv"
     shell:
         "python -m detnas ledger --experiment {wildcards.experiment} --jobs {params.jobs:q} --json {output.json}"
-        " --csv {output.csv} --mlflow {params.mlflow:q} > {log} 2>&1"
+        " --csv {output.csv} {params.plan} --mlflow {params.mlflow:q} > {log} 2>&1"

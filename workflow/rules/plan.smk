@@ -13,6 +13,8 @@ REHEARSAL_STEPS = 40  # training steps of a rehearsal; the first REHEARSAL_WARMU
 REHEARSAL_WARMUP = 10
 REHEARSAL_LOG_EVERY = 5
 REHEARSAL_CANDIDATES = 3  # search: one generation of this many candidates
+REHEARSAL_LOADER_BATCHES = 10  # after training: batches of the loader alone (can it feed the model?)
+REHEARSAL_TEST_IMAGES = 300  # evaluation: this many test images (the plan scales to the whole split)
 
 
 def rehearsal_dir(name):
@@ -28,7 +30,8 @@ def rehearsal_training(settings):
     schedule["warmup_iterations"] = min(int(schedule.get("warmup_iterations") or 0), REHEARSAL_WARMUP)
     if schedule.get("milestones"):
         schedule["milestones"] = [int(steps * 0.8)]
-    out = {**settings, "schedule": schedule, "log_every": REHEARSAL_LOG_EVERY, "checkpoint_every": steps}
+    out = {**settings, "schedule": schedule, "log_every": REHEARSAL_LOG_EVERY, "checkpoint_every": steps,
+           "loader_probe": REHEARSAL_LOADER_BATCHES}
     if "schedule_factor" in out:
         out["schedule_factor"] = 1
     return out
@@ -94,10 +97,10 @@ rule rehearse_finetune_supernet:
         " --mlflow {params.mlflow:q}"
 
 
-def rehearsal_search_settings(name):
-    """DetNAS's search settings as rehearsed: one generation of REHEARSAL_CANDIDATES candidates, with
-    the real recalibration and evaluation sizes."""
-    return {**search_settings(name, "detnas"), "population": REHEARSAL_CANDIDATES, "parents": 1, "generations": 1,
+def rehearsal_search_settings(name, method="detnas"):
+    """A search's settings as rehearsed: one generation of REHEARSAL_CANDIDATES candidates, with the
+    real recalibration and evaluation sizes."""
+    return {**search_settings(name, method), "population": REHEARSAL_CANDIDATES, "parents": 1, "generations": 1,
             "repeats": 1}
 
 
@@ -122,6 +125,31 @@ rule rehearse_search:
         _rehearse("search", "{output.out}", "{log}", "--arch-file {params.d}/arch.json")
         + " python -m detnas.launch --nproc {resources.gpu} search --settings {params.settings:q}"
         " --supernet {params.supernet} --val {input.val} --recal {input.recal} --arch-out {params.d}/arch.json"
+        " --history {params.d}/history.csv --curve {params.d}/curve.png --checkpoint-dir {params.d}/checkpoints"
+        " --threads {threads} --mlflow {params.mlflow:q}"
+
+
+rule rehearse_search_clsnas:
+    # ClsNAS scores paths of the pre-trained supernet by top-1 on the held-out classification images
+    input:
+        split=lambda w: f"{cls_dir(pretrain_run(experiment(w.experiment)['pretrain'])['data'])}/split.json",
+        pretrained=f"{R}/{{experiment}}/rehearsal/pretrain_supernet.json",
+    output:
+        out=f"{R}/{{experiment}}/rehearsal/search_clsnas.json",
+    params:
+        d=lambda w: f"{rehearsal_dir(w.experiment)}/search_clsnas",
+        supernet=lambda w: f"{rehearsal_dir(w.experiment)}/pretrain_supernet/supernet.pt",
+        settings=lambda w: as_json(rehearsal_search_settings(w.experiment, "clsnas")),
+        mlflow=lambda w: rehearsal_mlflow(w, "search_clsnas"),
+    threads: JOB_THREADS
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/rehearse/{{experiment}}_search_clsnas.log",
+    shell:
+        _rehearse("search_clsnas", "{output.out}", "{log}", "--arch-file {params.d}/arch.json")
+        + " python -m detnas.launch --nproc {resources.gpu} search --settings {params.settings:q}"
+        " --supernet {params.supernet} --val {input.split} --arch-out {params.d}/arch.json"
         " --history {params.d}/history.csv --curve {params.d}/curve.png --checkpoint-dir {params.d}/checkpoints"
         " --threads {threads} --mlflow {params.mlflow:q}"
 
@@ -198,10 +226,12 @@ rule rehearse_evaluate:
         + " python -m detnas evaluate --detector {params.d}/retrain_finetune/detector.pt --test {input.test}"
         " --arch-file {input.arch} --classifier-metrics {params.d}/retrain_pretrain/metrics.json"
         " --detector-metrics {params.d}/retrain_finetune/metrics.json --out {params.d}/evaluate/final.json"
-        " --primary {params.primary} --batch-size {params.batch_size} --threads {threads} --mlflow {params.mlflow:q}"
+        " --primary {params.primary} --batch-size {params.batch_size} --max-images " + str(REHEARSAL_TEST_IMAGES)
+        + " --threads {threads} --mlflow {params.mlflow:q}"
 
 
-REHEARSED = ["pretrain_supernet", "finetune_supernet", "search", "retrain_pretrain", "retrain_finetune", "evaluate"]
+REHEARSED = ["pretrain_supernet", "finetune_supernet", "search", "search_clsnas", "retrain_pretrain", "retrain_finetune",
+             "evaluate"]
 
 
 def plan_jobs(name):
@@ -224,6 +254,8 @@ def plan_jobs(name):
             size["steps"] = steps[job["stage"]]
         elif job["stage"] == "search":
             size["candidates"] = candidates if job["name"].startswith("search ") else 0
+            if job["name"] == "search clsnas":
+                size["rehearsal"] = "search_clsnas"
         elif job["stage"] == "evaluate":
             size["images"] = None
         out.append({**job, **size})
