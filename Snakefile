@@ -37,6 +37,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/retrain.smk"
 include: "workflow/rules/random_archs.smk"
+include: "workflow/rules/training_free.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/ledger.smk"
 include: "workflow/rules/plan.smk"
@@ -60,4 +61,4 @@ rule unknown_method:
     output:
         f"{R}/{{experiment}}/{{method}}/final.json",
     wildcard_constraints:
-        method=rf"(?!(?:{'|'.join(m for m in METHODS + EXTRA_METHODS if m != 'detnas')}|random_arch_[0-9]+)\b)[A-Za-z0-9_]+",
+        method=rf"(?!(?:{RETRAINED_RE})/)[A-Za-z0-9_.]+",

@@ -64,7 +64,7 @@ SETTINGS_KEYS = {
     "search": ["method", "population", "parents", "generations", "mutation_prob", "mutations", "crossovers",
                "max_mflops", "min_mflops",
                "recalibration_images", "eval_images", "batch_size", "seed", "repeats", "amp", "channels_last",
-               "overlap_evaluation"],
+               "overlap_evaluation", "space", "proxy_input_size", "proxy_batches", "proxy_batch_size", "proxy_seed"],
     "split-detection": ["sources", "split", "check_images"],
     "split-classification": ["train", "val", "holdout"],
     "synthesize": ["num_train", "num_test", "image_size", "max_objects", "seed", "difficulty (detection)",
@@ -241,12 +241,15 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="evolutionary (DetNAS, ClsNAS) or random search under a FLOPs constraint",
                        description="Search the supernet for the best architecture under the backbone FLOPs bounds: "
                        "method detnas (EA, fitness mmAP after BN recalibration), random (same budget), clsnas (EA, "
-                       "top-1 of the classification supernet). Writes the chosen architecture, every scored "
+                       "top-1 of the classification supernet), or a training-free proxy of each candidate's own "
+                       "randomly initialized network (synflow, naswot, zico, mae_entropy; no supernet). Writes the chosen architecture, every scored "
                        "candidate and the search curve; a killed search resumes without re-scoring.")
-    p.add_argument("--supernet", type=Path, required=True,
-                   help="fine-tuned detection supernet (detnas, random) or pre-trained classification supernet (clsnas)")
+    p.add_argument("--supernet", type=Path,
+                   help="fine-tuned detection supernet (detnas, random) or pre-trained classification supernet (clsnas); "
+                        "none for a proxy search (synflow, naswot, zico, mae_entropy: settings space and proxy_input_size)")
     p.add_argument("--val", type=Path, required=True,
-                   help="search-validation annotations (detnas, random) or the classification split.json (clsnas)")
+                   help="search-validation annotations (detnas, random), the classification split.json (clsnas), or "
+                        "the detection training annotations whose images feed a data-dependent proxy")
     p.add_argument("--recal", type=Path, help="training annotations for BN recalibration (detnas, random)")
     p.add_argument("--arch-out", type=Path, required=True, help="the chosen architecture (JSON)")
     p.add_argument("--history", type=Path, required=True, help="every scored candidate (CSV)")
@@ -257,8 +260,19 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _fixed_arch(args: argparse.Namespace) -> int:
-    from .stages.arch_files import run_fixed_arch
+    from .stages.arch_files import run_control_arch, run_fixed_arch, run_published_arch
 
+    if args.published is not None:
+        run_published_arch(name=args.published, method=args.method, reference=args.reference, out=args.out)
+        return 0
+    if args.space is None:
+        raise ValueError("fixed-arch: give --space (or --published NAME)")
+    if args.control is not None:
+        run_control_arch(space=args.space, control=args.control, min_mflops=args.min_mflops, max_mflops=args.max_mflops,
+                         out=args.out)
+        return 0
+    if args.arch is None and args.uniform is None:
+        raise ValueError("fixed-arch: give --arch, --uniform, --control or --published")
     run_fixed_arch(space=args.space, arch=args.arch, uniform=args.uniform, scale_to=args.scale_to,
                    method=args.method, out=args.out)
     return 0
@@ -271,10 +285,17 @@ def _add_fixed_arch(sub: argparse._SubParsersAction) -> None:
                        "--scale-to, every channel count is multiplied by the one factor that brings the backbone to "
                        "that budget (within 2%, at or under it where the rounding allows); the file's space is then the "
                        "width-scaled one (e.g. small@w1.0703) and the retraining stages build that.")
-    p.add_argument("--space", required=True)
-    group = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--space")
+    group = p.add_mutually_exclusive_group()
     group.add_argument("--arch", help="architecture encoding")
     group.add_argument("--uniform", type=int, choices=range(4), help="every block this choice (0: ShuffleNetV2)")
+    group.add_argument("--control", choices=("flops_max", "params_max"),
+                       help="the training-free control: the architecture with the most backbone MACs / parameters "
+                            "within --min-mflops and --max-mflops")
+    group.add_argument("--published", metavar="NAME", help="an architecture the DetNAS authors published (its own space)")
+    p.add_argument("--reference", action="store_true", help="--published: retrained as a reference outside the budget")
+    p.add_argument("--min-mflops", type=float)
+    p.add_argument("--max-mflops", type=float)
     p.add_argument("--scale-to", type=float, metavar="MFLOPS",
                    help="widen the network to this many backbone MFLOPs (224x224, stem + blocks); default: unscaled")
     p.add_argument("--method", required=True, help="name of the baseline, e.g. shufflenetv2")
@@ -371,6 +392,7 @@ def _ranking(args: argparse.Namespace) -> int:
         classification_split=args.classification_split, classification_histories=args.classification_history,
         json_out=args.json, png_out=args.png, experiment=args.experiment, mlflow=args.mlflow,
         threads=args.threads, device=args.device, bootstrap_samples=args.bootstrap_samples,
+        training_free=args.training_free,
     )
     return 0
 
@@ -399,6 +421,10 @@ def _add_ranking(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classification-history", type=Path, nargs="*", default=[],
                    help="history.csv of searches on that supernet (clsnas): fitness reused")
     p.add_argument("--bootstrap-samples", type=int, default=2000)
+    p.add_argument("--training-free", type=_json_arg,
+                   help='JSON: the training-free scores beside the supernets\' {"proxies": [...], "input_size", '
+                        '"batches", "batch_size", "seed", "data": detection training annotations} (the controls\' '
+                        'counts, backbone MFLOPs and parameters, always)')
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--png", type=Path, required=True)
     _stage_args(p, settings=False, compute=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DESCRIPTIONS", "network_description", "random_archs_description"]
+__all__ = ["DESCRIPTIONS", "OUTSIDE_BUDGET", "network_description", "random_archs_description"]
 
 # the searched networks: which supernet they were searched on, and for what
 DESCRIPTIONS: dict[str, str] = {
@@ -18,6 +18,16 @@ DESCRIPTIONS: dict[str, str] = {
     "clsnas": "ClsNAS: EA for classification top-1 on the pre-trained supernet",
     "scratch": "DetNAS-scratch: EA on a detection supernet trained from scratch",
 }
+# training-free: no supernet, no training before the retraining
+DESCRIPTIONS |= {
+    "flops_max": "control: the feasible architecture with the most backbone FLOPs (no search, no training)",
+    "params_max": "control: the feasible architecture with the most backbone parameters (no search, no training)",
+    "synflow": "training-free: EA with SynFlow of a randomly initialized network as fitness (data-free)",
+    "naswot": "training-free: EA with NASWOT (ReLU-code kernel) of a randomly initialized network as fitness",
+    "zico": "training-free: EA with ZiCo (gradient mean/std) of a randomly initialized network as fitness",
+    "mae_entropy": "training-free: EA with MAE-DET's multi-scale entropy of a random network as fitness (data-free)",
+}
+OUTSIDE_BUDGET = "outside the budget"
 _OWN_WIDTHS = "ShuffleNetV2 at the space's own widths"
 
 
@@ -51,6 +61,11 @@ def network_description(final: dict[str, Any], *, max_mflops: float | None) -> s
         if max_mflops is None:
             return f"{_OWN_WIDTHS} (no FLOPs limit: the same network as shufflenetv2)"
         return _OWN_WIDTHS
+    if method.startswith(("published_", "reference_")):
+        what = final.get("description") or method.split("_", 1)[1]
+        if method.startswith("reference_"):
+            return f"published: {what}, as a reference ({OUTSIDE_BUDGET})"
+        return f"published: {what}, retrained as published (no search)"
     if method.startswith("random_arch_"):
         return f"random architecture {method.removeprefix('random_arch_')} {_under(max_mflops)}"
     return method

@@ -30,8 +30,8 @@ from .precision import Precision
 from .space import Arch, SearchSpace, get_space
 from .supernet import Supernet, set_path
 
-__all__ = ["ClassificationScorer", "DetectionScorer", "Scored", "build_scorer", "classification_scorer",
-           "detection_scorer", "score_many"]
+__all__ = ["ClassificationScorer", "DetectionScorer", "ProxyScorer", "Scored", "build_scorer", "classification_scorer",
+           "detection_scorer", "proxy_batches", "score_many"]
 
 
 def _candidate_seed(seed: int, arch: Arch) -> int:
@@ -162,6 +162,70 @@ class ClassificationScorer:
 
     def close(self, wait: bool = True) -> None:
         """Nothing to release (the interface of ``DetectionScorer``)."""
+
+
+def proxy_batches(ann_file: Path, *, batches: int, batch_size: int, input_size: int, seed: int) -> list[Tensor]:
+    """``batches`` batches of ``batch_size`` detection training images (drawn with ``seed``), each
+    resized to ``input_size`` x ``input_size`` and normalized as the networks see them: the input of
+    the data-dependent proxies (``detnas.proxies``). Fewer images than asked: as many batches as fit."""
+    images = DetectionImages.load(ann_file, limit=batches * batch_size, seed=seed)
+    n = (len(images) // batch_size) * batch_size
+    if n == 0:
+        raise ValueError(f"{ann_file}: {len(images)} images, fewer than one proxy batch of {batch_size}")
+    out = []
+    for lo in range(0, n, batch_size):
+        resized = [torch.nn.functional.interpolate(im[None].float(), size=(input_size, input_size), mode="bilinear",
+                                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                   for im in images.decoded(lo, lo + batch_size)]
+        out.append(normalize_images(torch.cat(resized)))
+    return out
+
+
+class ProxyScorer:
+    """A training-free fitness: proxy ``name`` (``detnas.proxies.PROXIES``) of an architecture's
+    randomly initialized standalone backbone at ``input_size`` (seeded by ``seed``), on ``batches``
+    where the proxy needs data. No supernet; the same number for the same architecture every time."""
+
+    def __init__(self, name: str, space: SearchSpace, *, input_size: int, seed: int,
+                 batches: list[Tensor] | None, device: torch.device) -> None:
+        from .proxies import PROXIES  # torch-heavy definitions: only where a proxy scores
+
+        if name not in PROXIES:
+            raise ValueError(f"unknown proxy {name!r}; known: {', '.join(PROXIES)}")
+        self.name, self.space, self.input_size, self.seed, self.device = name, space, input_size, seed, device
+        self.batches = batches if PROXIES[name].needs_data else None
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, arch: Arch) -> float:
+        from .proxies import score
+
+        value = score(self.name, self.space, arch, input_size=self.input_size, seed=self.seed, batches=self.batches,
+                      device=self.device)
+        self.last_metrics = {self.name: value}
+        return value
+
+    def close(self, wait: bool = True) -> None:
+        """Nothing to release (the interface of ``DetectionScorer``)."""
+
+
+def proxy_scorer(name: str, space: str | SearchSpace, data_file: Path | None, *, input_size: int, batches: int,
+                 batch_size: int, seed: int, device: torch.device) -> ProxyScorer:
+    """``ProxyScorer`` of ``name`` on ``space``; a data-dependent proxy draws its batches from
+    ``data_file`` (detection training annotations, ``proxy_batches``)."""
+    from .proxies import PROXIES
+
+    if name not in PROXIES:
+        raise ValueError(f"unknown proxy {name!r}; known: {', '.join(PROXIES)}")
+    space = get_space(space) if isinstance(space, str) else space
+    data = None
+    if PROXIES[name].needs_data:
+        if data_file is None:
+            raise ValueError(f"proxy {name} needs training images: give the detection training annotations")
+        data = proxy_batches(data_file, batches=batches, batch_size=batch_size, input_size=input_size, seed=seed)
+        if len(data) < batches:
+            raise ValueError(f"{data_file}: {len(data)} batch(es) of {batch_size} images for proxy {name}, which asks for "
+                             f"{batches} (training_free.batches x training_free.batch_size is more than the images)")
+    return ProxyScorer(name, space, input_size=input_size, seed=seed, batches=data, device=device)
 
 
 def _stack(dataset: ClassificationDataset, limit: int | None, seed: int) -> tuple[Tensor, Tensor]:

@@ -109,7 +109,8 @@ def test_unknown_method_lists_the_methods(tmp_path):
     wd = make_workdir(tmp_path)
     line = first_problem(stopped(wd, "-n", "results/shapes_fpn/foo/final.json"))
     assert line == ("results/shapes_fpn/foo/final.json: unknown method 'foo' "
-                    "(methods: detnas, random, clsnas, scratch, shufflenetv2, shufflenetv2_unscaled)")
+                    "(methods: detnas, random, clsnas, scratch, shufflenetv2, shufflenetv2_unscaled, flops_max, params_max, synflow, "
+                    "naswot, zico, mae_entropy, published_<name> or reference_<name> of a published architecture)")
     line = first_problem(stopped(wd, "-n", "results/nope/foo/final.json"))
     assert line == "results/nope/foo/final.json: unknown experiment 'nope' (experiments: shapes_fpn)"
     # the known methods still plan

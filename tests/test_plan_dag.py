@@ -32,15 +32,17 @@ def test_the_plan_target_rehearses_every_stage_once(tmp_path):
     wd = make_workdir(tmp_path / "wd")
     jobs = planned(wd, "results/shapes_fpn/plan.json")
     assert {k: v for k, v in jobs.items() if k.startswith("rehearse_")} == {
-        f"rehearse_{s}": 1 for s in ("pretrain_supernet", "finetune_supernet", "search", "search_clsnas",
-                                     "retrain_pretrain", "retrain_finetune", "evaluate")}
+        **{f"rehearse_{s}": 1 for s in ("pretrain_supernet", "finetune_supernet", "search", "search_clsnas",
+                                        "retrain_pretrain", "retrain_finetune", "evaluate")},
+        "rehearse_search_proxy": 4}  # each proxy search of the experiment's training-free methods
     assert jobs["plan"] == 1 and not {"pretrain_supernet", "finetune_supernet", "search", "evaluate"} & set(jobs)
 
 
 STAGE_OF_RULE = {"synthesize_detection": "data", "synthesize_classification": "data", "split_detection": "data",
                  "split_classification": "data", "pretrain_supernet": "pretrain_supernet",
                  "finetune_supernet": "finetune_supernet", "search": "search", "handcrafted_arch": "search",
-                 "handcrafted_arch_unscaled": "search", "random_arch": "search", "retrain_pretrain": "retrain_pretrain",
+                 "handcrafted_arch_unscaled": "search", "random_arch": "search", "proxy_search": "search",
+                 "control_arch": "search", "published_arch": "search", "retrain_pretrain": "retrain_pretrain",
                  "retrain_finetune": "retrain_finetune", "evaluate": "evaluate", "evaluate_detnas": "evaluate"}
 
 

@@ -291,3 +291,34 @@ def test_stage_fitness_is_the_search_scorers(supernets, cls_split, tmp_path, mon
     scorer, space = build_scorer("classification", supernets / "cls.pt", cls_split, None, **common)
     assert [c["value"] for c in cls[:2]] == pytest.approx([scorer(space.parse(a)) for a in archs[:2]], abs=1e-9)
     assert result["sides"]["detection"]["n"] == result["sides"]["classification"]["n"] == 3
+
+
+def test_stage_training_free_scores_equal_scipy_over_every_point_and_the_random_archs(experiment_dir):
+    r, finals, histories = experiment_dir
+    # a third random architecture, and one a search also chose (it stays in the random sample)
+    finals.append(_write(r / "random_arch_3.json", _final("random_arch_3", "12311333", 0.24, 0.88)))
+    result = _stage(r, finals, histories, CountingBuild(), bootstrap_samples=200,
+                    training_free={"proxies": ["synflow"], "input_size": 32, "seed": 0})
+    points = result["points"]
+    assert set(result["training_free"]) == {"flops", "params", "synflow"}
+    randoms = [p for p in points if any(m.startswith("random_arch_") for m in p["methods"])]
+    assert result["random_archs"]["labels"] == [p["label"] for p in randoms] == [
+        "clsnas+random_arch_3", "random_arch_1", "random_arch_2"]
+    for score in ("flops", "params", "synflow"):
+        for sample, c in ((points, result["training_free"][score]), (randoms, result["random_archs"]["scores"][score])):
+            x = [p["fitness"][score]["value"] for p in sample]
+            y = [p["test_value"] for p in sample]
+            assert c["n"] == len(sample) and c["kendall_tau"] is not None, score
+            assert c["kendall_tau"] == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12), score
+            assert c["spearman_rho"] == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12), score
+            lo, hi = c["kendall_tau_ci90"]
+            assert -1 <= lo <= hi <= 1
+    # the controls' scores are the space's counts
+    from detnas.flops import cost_table
+    from detnas.space import get_space
+
+    space = get_space("tiny")
+    table = cost_table(space)
+    for p in points:
+        assert p["fitness"]["flops"]["value"] == pytest.approx(table.backbone_macs(space.parse(p["arch"])) / 1e6)
+    assert set(result["random_archs"]["scores"]) == {"detection", "classification", "flops", "params", "synflow"}

@@ -32,11 +32,15 @@ def test_dry_run_plans_every_experiment(tmp_path):
     randoms = sum(e.get("random_archs", {}).get("count", 20) for e in experiments.values())  # the paper's 20 by default
     # each retrained and evaluated, the unscaled ShuffleNetV2 too; DetNAS's evaluation is evaluate_detnas
     methods = len(METHODS) + 1
-    assert jobs["compare"] == n and jobs["evaluate_detnas"] == n and jobs["evaluate"] == (methods - 1) * n + randoms
+    # and the training-free baselines (all six by default) and published architectures each experiment lists
+    extra = sum(len((e.get("training_free") or {}).get("methods", TRAINING_FREE)) + len(e.get("published", []))
+                + len(e.get("references", [])) for e in experiments.values())
+    assert jobs["compare"] == n and jobs["evaluate_detnas"] == n
+    assert jobs["evaluate"] == (methods - 1) * n + randoms + extra
     assert jobs["search"] == 4 * n and jobs["finetune_supernet"] == 2 * n
     assert jobs["handcrafted_arch"] == jobs["handcrafted_arch_unscaled"] == n
     assert jobs["random_arch"] == randoms and jobs["random_archs_summary"] == n
-    assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == methods * n + randoms
+    assert jobs["retrain_pretrain"] == jobs["retrain_finetune"] == methods * n + randoms + extra
     # shared stages once: one pre-training per pretrain entry, one split per dataset
     assert jobs["pretrain_supernet"] == len({e["pretrain"] for e in experiments.values()})
     assert jobs["split_detection"] == len({e["data"] for e in experiments.values()})
@@ -89,12 +93,13 @@ def test_pretrain_target_runs_and_reruns_only_what_changed(micro_run, tmp_path):
 FINAL_FIELDS = {"experiment", "method", "dataset", "detector", "arch", "space", "mflops", "backbone_params_m",
                 "AP", "AP50", "AP75", "APs", "APm", "APl", "top1", "mlflow_run_id", "primary_metric", "classifier_params_m"}
 METHODS = ["detnas", "random", "clsnas", "scratch", "shufflenetv2"]
-RANDOM_ARCHS = ["random_arch_1", "random_arch_2"]  # the micro config's random_archs: {count: 2}
+RANDOM_ARCHS = ["random_arch_1", "random_arch_2", "random_arch_3"]  # the micro config's random_archs: {count: 3}
+TRAINING_FREE = ["flops_max", "params_max", "synflow", "naswot", "zico", "mae_entropy"]  # the micro config's: all
 
 
 def _finals(wd: Path) -> dict[str, dict]:
     return {m: json.loads((wd / "results/shapes_fpn" / ("final.json" if m == "detnas" else f"{m}/final.json")).read_text())
-            for m in METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"]}
+            for m in METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"] + TRAINING_FREE}
 
 
 @pytest.mark.slow
@@ -115,15 +120,15 @@ def test_end_to_end_dag_all_methods(micro_run):
     assert finals["shufflenetv2"]["arch"] == finals["shufflenetv2_unscaled"]["arch"] == "00000000"
     assert finals["shufflenetv2"]["width_factor"] > 1 == finals["shufflenetv2_unscaled"]["width_factor"]
     assert finals["shufflenetv2"]["mflops"] >= 0.98 * 40 > finals["shufflenetv2_unscaled"]["mflops"]
-    assert len({finals[m]["arch"] for m in RANDOM_ARCHS}) == 2
+    assert len({finals[m]["arch"] for m in RANDOM_ARCHS}) == 3
     summary = json.loads((wd / "results/shapes_fpn/random_archs/summary.json").read_text())
-    assert summary["n"] == 2 and summary["metrics"]["AP"]["mean"] == pytest.approx(
-        sum(finals[m]["AP"] for m in RANDOM_ARCHS) / 2)
+    assert summary["n"] == 3 and summary["metrics"]["AP"]["mean"] == pytest.approx(
+        sum(finals[m]["AP"] for m in RANDOM_ARCHS) / 3)
     table = (wd / "results/shapes_fpn/comparison.csv").read_text().splitlines()
     assert table[0].startswith("method,network,arch,mflops") and table[0].endswith(",health,vs_random_archs,cost_gpu_h,cost_wall_h")
     assert "voc" not in table[0]  # a COCO-type experiment
     # every retrained network, each saying what it is
-    assert [r.split(",")[0] for r in table[1:]] == METHODS + ["shufflenetv2_unscaled", "random archs (n=2)"]
+    assert [r.split(",")[0] for r in table[1:]] == METHODS + ["shufflenetv2_unscaled"] + TRAINING_FREE + ["random archs (n=3)"]
     assert table[5].split(",")[1].startswith("ShuffleNetV2 scaled to the FLOPs limit (width x1.")
     assert (wd / "results/shapes_fpn/comparison.png").stat().st_size > 5000
     # the ranking quality over every retrained path of the supernet, the search curves over 2 repeats
@@ -148,27 +153,29 @@ def test_end_to_end_mlflow_runs_and_report_command(micro_run):
     client = MlflowClient(f"sqlite:///{wd}/results/mlflow.db")
     exp = client.get_experiment_by_name("shapes_fpn")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'evaluate'")
-    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"])
+    assert sorted(r.data.tags["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"] + TRAINING_FREE)
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"experiment", "detector", "dataset", "space", "arch", "git_commit", "wildcards"} <= set(r.data.tags)
         assert r.info.run_id == finals[r.data.tags["method"]]["mlflow_run_id"]
         assert r.data.metrics["AP"] == pytest.approx(finals[r.data.tags["method"]]["AP"])
     searches = client.search_runs([exp.experiment_id], "tags.stage = 'search'")
-    assert sorted(r.data.tags["method"] for r in searches) == ["clsnas", "detnas", "random", "scratch"]
+    # the proxies' searches too (the EA with the proxy as fitness); the two controls enumerate, no search run
+    assert sorted(r.data.tags["method"] for r in searches) == ["clsnas", "detnas", "mae_entropy", "naswot", "random",
+                                                               "scratch", "synflow", "zico"]
     assert {r.data.tags["method"]: r.data.tags["search_algorithm"] for r in searches}["scratch"] == "detnas"
     stages = {r.data.tags["stage"] for r in client.search_runs([exp.experiment_id])}
     assert {"finetune_supernet", "search", "retrain_pretrain", "retrain_finetune", "evaluate", "compare"} <= stages
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the embedded default store
     report = subprocess.run([sys.executable, "-m", "detnas", "report"], cwd=wd, capture_output=True, text=True, env=env)
-    assert report.returncode == 0 and "shufflenetv2" in report.stdout and "random archs (n=2)" in report.stdout
+    assert report.returncode == 0 and "shufflenetv2" in report.stdout and "random archs (n=3)" in report.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{wd.resolve()}/results/mlflow.db" in report.stdout
 
     # the MLflow UI's own search (what its run comparison shows) finds the final runs
     ui_uri = report.stdout.split("mlflow ui --backend-store-uri ")[1].split()[0]
     runs = _ui_search(ui_uri, exp.experiment_id, "tags.stage = 'evaluate' and tags.experiment = 'shapes_fpn'")
-    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"])
+    assert sorted({t["key"]: t["value"] for t in r["data"]["tags"]}["method"] for r in runs) == sorted(METHODS + RANDOM_ARCHS + ["shufflenetv2_unscaled"] + TRAINING_FREE)
 
 
 @pytest.mark.slow
@@ -176,7 +183,8 @@ def test_end_to_end_rerun_does_nothing_and_a_search_setting_reruns_what_follows(
     wd = clone_workdir(micro_run, tmp_path / "wd")
     assert planned(wd) == {}
     edit_config(wd, "      population: 4\n", "      population: 3\n")
-    assert planned(wd) == {"search": 4, "retrain_pretrain": 4, "retrain_finetune": 4, "evaluate": 3,
+    # the proxies' searches share the EA's settings (the controls enumerate: unchanged)
+    assert planned(wd) == {"search": 4, "proxy_search": 4, "retrain_pretrain": 8, "retrain_finetune": 8, "evaluate": 7,
                            "evaluate_detnas": 1, "ledger": 1, "compare": 1, "search_curves": 1, "ranking": 1,
                            "architectures": 1, "all": 1}
 

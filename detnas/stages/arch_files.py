@@ -2,6 +2,9 @@
 
 - ``run_fixed_arch`` (the ``fixed-arch`` command): an arch.json, as a search writes it, for an
   architecture you choose, e.g. the hand-crafted ShuffleNetV2, optionally width-scaled to a budget.
+- ``run_control_arch`` (``fixed-arch --control``): the training-free controls, the feasible
+  architecture with the most backbone MACs or parameters.
+- ``run_published_arch`` (``fixed-arch --published``): an architecture the authors published.
 - ``run_random_arch`` (``random-arch``): the i-th of N architectures drawn under the FLOPs bounds
   (the paper's Table 5 baseline).
 - ``flops_table`` (``flops``): backbone MACs and params of given, published or scaled architectures.
@@ -20,7 +23,8 @@ from ..io import read_json, write_json_atomic
 from ..search import random_architectures
 from ..space import Arch, SearchSpace, get_space, space_of_arch, split_space_name
 
-__all__ = ["arch_and_settings", "flops_table", "run_fixed_arch", "run_random_arch", "unsearched_arch"]
+__all__ = ["arch_and_settings", "flops_table", "run_control_arch", "run_fixed_arch", "run_published_arch",
+           "run_random_arch", "unsearched_arch"]
 
 
 def unsearched_arch(table: CostTable, space: SearchSpace, arch: Arch, method: str, **extra: Any) -> dict[str, Any]:
@@ -49,6 +53,35 @@ def run_fixed_arch(*, space: str, arch: str | None, uniform: int | None, scale_t
     print(f"{method}: {chosen} of space {scaled.name} ({result['mflops']:.1f} MFLOPs{width}), no search")
     if scale_to is not None:
         print(f"scaled to {scale_to:g} MFLOPs: {result['mflops'] / scale_to - 1:+.2%}")
+    return result
+
+
+def run_control_arch(*, space: str, control: str, min_mflops: float | None, max_mflops: float | None,
+                     out: Path) -> dict[str, Any]:
+    """Write ``out``: the training-free control ``control`` (``flops_max``: the feasible architecture
+    with the most backbone MACs; ``params_max``: the most backbone parameters) under the FLOPs bounds."""
+    from ..proxies import control_arch
+
+    search_space = get_space(space)
+    arch = control_arch(control, search_space, min_mflops=min_mflops, max_mflops=max_mflops)
+    table = cost_table(search_space)
+    result = unsearched_arch(table, search_space, arch, control, control={"name": control, "min_mflops": min_mflops,
+                                                                           "max_mflops": max_mflops})
+    write_json_atomic(result, out)
+    print(f"{control}: {arch} of space {space} ({result['mflops']:.1f} MFLOPs, {result['backbone_params_m']:.3f} M "
+          f"params), the feasible maximum under [{min_mflops or 0}, {max_mflops or 'inf'}] MFLOPs, no search")
+    return result
+
+
+def run_published_arch(*, name: str, method: str, reference: bool, out: Path) -> dict[str, Any]:
+    """Write ``out``: the architecture the DetNAS authors published as ``name`` (``detnas.archs``),
+    as method ``method``; ``reference``: retrained as a reference outside the experiment's budget."""
+    space, arch = get_published(name)
+    result = unsearched_arch(cost_table(space), space, arch, method, published=name,
+                             description=PUBLISHED[name].description, reference=reference)
+    write_json_atomic(result, out)
+    print(f"{method}: {PUBLISHED[name].description}, {arch} of space {space.name} ({result['mflops']:.1f} MFLOPs)"
+          f"{' as a reference outside the budget' if reference else ''}, no search")
     return result
 
 

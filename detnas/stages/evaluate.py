@@ -186,6 +186,10 @@ def run_evaluate(
             "top1": cls.get("top1"),
             "search_fitness": chosen.get("fitness"),
             "search_evaluations": chosen.get("evaluations"),
+            "search_fitness_metric": chosen.get("fitness_metric"),
+            "search_seconds_per_candidate": chosen.get("seconds_per_candidate"),
+            # a published architecture: its name and description, and whether it is a reference outside the budget
+            **{k: chosen[k] for k in ("published", "description", "reference", "control") if k in chosen},
             "health": health,
             "mlflow_run_id": run.run_id,
         }

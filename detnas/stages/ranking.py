@@ -13,6 +13,12 @@ supernets give a fitness, each with the search's own scorer and settings:
 A scorer gives an architecture the same fitness every time (its recalibration is seeded by the
 architecture), so a fitness the search already computed is read from its history.csv and only the
 architectures the search never met are scored.
+
+Beside the supernets, the training-free scores of the same architectures (``training_free``): the
+controls' counts (backbone MFLOPs and parameters) and each proxy of ``detnas.proxies`` the
+experiment runs, computed on each architecture's own randomly initialized network. Every score, the
+supernets' too, is also correlated over Table 5's random architectures alone (``random_archs``): the
+unbiased sample, since the searched winners are the selected maxima of one score.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ..scoring import build_scorer
 from ..tracking import StageRun
 from .search import StageSearchSettings
 
-__all__ = ["FITNESS", "history_fitness", "ranking_points", "run_ranking_stage"]
+__all__ = ["CONTROL_SCORES", "FITNESS", "history_fitness", "random_arch_points", "ranking_points", "run_ranking_stage"]
 
 FITNESS = {  # side -> (the fitness's metric, what it is)
     "detection": ("mmAP", "mmAP on the search split of the detection supernet fine-tuned from the pre-trained "
@@ -41,7 +47,13 @@ FITNESS = {  # side -> (the fitness's metric, what it is)
     "classification": ("top-1", "top-1 on held-out training images of the pre-trained classification supernet, "
                                 "after BN recalibration (ClsNAS's fitness)"),
 }
-FROM_HISTORY, COMPUTED = "search history", "computed"
+CONTROL_SCORES = {  # the controls' scores: what flops_max and params_max maximize
+    "flops": ("MFLOPs", "backbone MFLOPs (MACs / 1e6 at 224 px; the score flops_max maximizes)"),
+    "params": ("M params", "backbone parameters in millions (the score params_max maximizes)"),
+}
+FROM_HISTORY, COMPUTED, TRAINING_FREE = "search history", "computed", "training-free"
+RANDOM_SAMPLE = ("Table 5's random architectures alone (random_arch_<i>): drawn uniformly under the FLOPs bounds, the "
+                 "sample no score selected")
 DUPLICATES = ("one point per distinct architecture: methods that chose the same one share a point (label and "
               "methods name them all; test value and top1 are their mean), so a repeated pair cannot pose as a tie")
 
@@ -136,9 +148,45 @@ def _correlation(points: list[dict[str, Any]], side: str, metric_key: str, metri
     return {"metric": metric, **c.as_dict()}
 
 
+def random_arch_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of Table 5's random architectures (a method ``random_arch_<i>`` chose them; a search that
+    chose the same architecture shares the point, which stays a uniform draw)."""
+    return [p for p in points if any(str(m).startswith("random_arch_") for m in p["methods"])]
+
+
+def _training_free_scores(points: list[dict[str, Any]], space_name: str, tf: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Set every point's control counts and proxy scores (``fitness[<score>]``); returns score ->
+    (short metric, description) for the scores set."""
+    from ..flops import cost_table
+    from ..proxies import PROXIES
+    from ..scoring import proxy_scorer
+    from ..space import get_space
+
+    space = get_space(space_name)
+    table = cost_table(space)
+    for p in points:
+        arch = space.parse(p["arch"])
+        p["fitness"]["flops"] = {"value": table.backbone_macs(arch) / 1e6, "source": TRAINING_FREE}
+        p["fitness"]["params"] = {"value": table.backbone_params(arch) / 1e6, "source": TRAINING_FREE}
+    scores = dict(CONTROL_SCORES)
+    for name in tf.get("proxies") or []:
+        t = time.perf_counter()
+        scorer = proxy_scorer(name, space, Path(tf["data"]) if tf.get("data") else None, input_size=int(tf["input_size"]),
+                              batches=int(tf.get("batches", 2)), batch_size=int(tf.get("batch_size", 8)),
+                              seed=int(tf.get("seed", 0)), device=device)
+        for p in points:
+            p["fitness"][name] = {"value": float(scorer(space.parse(p["arch"]))), "source": TRAINING_FREE}
+        print(f"ranking ({name}): {len(points)} architectures scored in {time.perf_counter() - t:.1f} s", flush=True)
+        scores[name] = (name, PROXIES[name].description)
+    return scores
+
+
 def summary_lines(ranking: dict[str, Any]) -> list[str]:
     """The headline figures of a ranking.json, one line per side (what ``detnas report`` prints)."""
-    return [_summary(side, c) for side, c in ranking["sides"].items()]
+    lines = [_summary(side, c) for side, c in ranking["sides"].items()]
+    lines += [_summary(name, c) for name, c in (ranking.get("training_free") or {}).items()]
+    random_only = (ranking.get("random_archs") or {}).get("scores") or {}
+    return lines + [_summary(f"{name}, random architectures alone", c) for name, c in random_only.items()]
 
 
 def _summary(side: str, c: dict[str, Any]) -> str:
@@ -173,6 +221,7 @@ def run_ranking_stage(
     bootstrap_samples: int = 2000,
     bootstrap_seed: int = 0,
     build: Callable[..., tuple[Callable[[Any], float], Any]] = build_scorer,
+    training_free: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pair each retrained architecture's supernet fitness with its test metric; write ranking.json
     (points, Kendall tau-b and Spearman rho per supernet with 90% bootstrap intervals) and ranking.png.
@@ -180,7 +229,9 @@ def run_ranking_stage(
     ``settings``: the experiment's ``search`` settings (the scorers' images, batch size and seed);
     ``detection_histories`` / ``classification_histories``: history.csv of the searches that scored
     paths of that very supernet (detnas and random / clsnas); ``build``: how a scorer is built
-    (``detnas.scoring.build_scorer``'s signature).
+    (``detnas.scoring.build_scorer``'s signature). ``training_free``: {"proxies": [...], "input_size",
+    "batches", "batch_size", "seed", "data": detection training annotations}: the training-free scores
+    beside the supernets' (the controls' counts always).
     """
     s = StageSearchSettings.from_dict({**settings, "method": "detnas"})
     space = _supernet_space(detection_supernet)
@@ -220,6 +271,13 @@ def run_ranking_stage(
         correlations["classification"]["secondary"] = {
             "fitness_metric": FITNESS["classification"][0],
             **_correlation(points, "classification", "top1", "top1", bootstrap_samples, bootstrap_seed)}
+        scores = _training_free_scores(points, space, training_free or {}, dev)
+        free = {name: {"fitness": description, "fitness_metric": short,
+                       **_correlation(points, name, "test_value", metric, bootstrap_samples, bootstrap_seed)}
+                for name, (short, description) in scores.items()}
+        randoms = random_arch_points(points)
+        random_only = {name: _correlation(randoms, name, "test_value", metric, bootstrap_samples, bootstrap_seed)
+                       for name in [*correlations, *free]}
         result = {
             "experiment": experiment,
             "supernet": "pretrained",
@@ -230,11 +288,14 @@ def run_ranking_stage(
             "points": points,
             "excluded": excluded,
             "sides": correlations,
+            "training_free": free,
+            "random_archs": {"sample": RANDOM_SAMPLE, "labels": [p["label"] for p in randoms], "scores": random_only},
         }
         write_json_atomic(result, json_out)
         plot_ranking(result, png_out, title=f"{experiment}: supernet fitness vs retrained test {metric} "
                      f"(space {space}); detection supernet fine-tuned from the pre-trained supernet")
-        named = {**correlations, "classification_top1": correlations["classification"]["secondary"]}
+        named = {**correlations, "classification_top1": correlations["classification"]["secondary"], **free,
+                 **{f"{k}_random_archs": v for k, v in random_only.items()}}
         for side, c in named.items():
             values = {f"kendall_tau_{side}": c["kendall_tau"], f"spearman_rho_{side}": c["spearman_rho"],
                       f"n_{side}": c["n"]}
@@ -243,4 +304,8 @@ def run_ranking_stage(
     for side, c in correlations.items():
         print(_summary(side, c), flush=True)
     print(_summary("classification vs retrained top1", correlations["classification"]["secondary"]), flush=True)
+    for name, c in free.items():
+        print(_summary(name, c), flush=True)
+    for name, c in random_only.items():
+        print(_summary(f"{name}, random architectures alone", c), flush=True)
     return result

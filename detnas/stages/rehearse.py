@@ -31,7 +31,8 @@ from typing import Any, Sequence
 __all__ = ["SEARCH_REHEARSALS", "STAGES", "TRAINING_STAGES", "error_line", "run_rehearse", "timing"]
 
 TRAINING_STAGES = ("pretrain_supernet", "finetune_supernet", "retrain_pretrain", "retrain_finetune")
-SEARCH_REHEARSALS = ("search", "search_clsnas")  # ClsNAS scores paths on classification images: its own cost
+# ClsNAS scores paths on classification images, a proxy search scores fresh networks: each its own cost
+SEARCH_REHEARSALS = ("search", "search_clsnas", "search_synflow", "search_naswot", "search_zico", "search_mae_entropy")
 STAGES = (*TRAINING_STAGES, *SEARCH_REHEARSALS, "evaluate")
 GRACE_S = 10.0  # seconds the command's group has after a SIGTERM before it is killed (SIGKILL)
 _LOG_TAIL_BYTES = 1 << 20  # the error line is looked for in the log's last MiB

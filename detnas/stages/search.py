@@ -47,7 +47,7 @@ from ..formatting import fmt_number
 from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..precision import Precision
-from ..scoring import ClassificationScorer, DetectionScorer, build_scorer, score_many
+from ..scoring import ClassificationScorer, DetectionScorer, build_scorer, proxy_scorer, score_many
 from ..search import Candidate, SearchSettings, best, run_search, top
 from ..settings import known_keys
 from ..space import Arch, SearchSpace
@@ -60,7 +60,7 @@ __all__ = ["ClassificationScorer", "DetectionScorer", "StageSearchSettings", "ru
 class StageSearchSettings:
     """An experiment's ``search`` settings plus the method."""
 
-    method: str  # detnas, random, clsnas
+    method: str  # detnas, random, clsnas, or a proxy of detnas.proxies (synflow, naswot, zico, mae_entropy)
     population: int = 50
     parents: int = 10
     generations: int = 20
@@ -79,12 +79,27 @@ class StageSearchSettings:
     # a detection candidate's COCO evaluation in another process, overlapping the next candidate's
     # model work (same scores; off: one after the other, in this process)
     overlap_evaluation: bool = True
+    # a proxy search (no supernet): the space, the proxy's square input, its training batches and seed
+    space: str | None = None
+    proxy_input_size: int | None = None
+    proxy_batches: int = 2
+    proxy_batch_size: int = 8
+    proxy_seed: int = 0
+
+    @property
+    def proxy(self) -> bool:
+        return self.method not in SUPERNET_METHODS
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageSearchSettings":
         s = cls(**known_keys(cls, d, "search"))
-        if s.method not in ("detnas", "random", "clsnas"):
-            raise ValueError(f"search method must be detnas, random or clsnas, got {s.method!r}")
+        from ..proxies import PROXIES
+
+        if s.method not in SUPERNET_METHODS and s.method not in PROXIES:
+            raise ValueError(f"search method must be detnas, random, clsnas or a proxy ({', '.join(PROXIES)}), "
+                             f"got {s.method!r}")
+        if s.proxy and (s.space is None or s.proxy_input_size is None):
+            raise ValueError(f"a {s.method} search needs the settings space and proxy_input_size")
         if s.repeats < 1:
             raise ValueError(f"search repeats must be >= 1, got {s.repeats}")
         return s
@@ -99,6 +114,7 @@ class StageSearchSettings:
                               mutations=self.mutations, crossovers=self.crossovers)
 
 
+SUPERNET_METHODS = ("detnas", "random", "clsnas")
 SCORE_FILES = "scores*.jsonl"  # every rank's score log in the checkpoint folder
 
 
@@ -220,7 +236,7 @@ def _worker_loop(dist: Dist, scorer: Callable[[Arch], float], space: SearchSpace
 def run_search_stage(
     settings: dict[str, Any],
     *,
-    supernet: Path,
+    supernet: Path | None,
     val_file: Path,
     recal_file: Path | None,
     arch_out: Path,
@@ -242,10 +258,17 @@ def run_search_stage(
     precision = Precision.resolve(s.amp, s.channels_last, dist.device)
     set_threads(threads, dist.world_size)
     t0 = time.perf_counter()
-    scorer, space = build_scorer("classification" if s.method == "clsnas" else "detection", supernet, val_file,
-                                 recal_file, eval_images=s.eval_images, recalibration_images=s.recalibration_images,
-                                 batch_size=s.batch_size, seed=s.seed, device=dist.device, precision=precision,
-                                 overlap=s.overlap_evaluation)
+    if not s.proxy and supernet is None:
+        raise ValueError(f"a {s.method} search scores paths of a supernet: give --supernet")
+    if s.proxy:  # a training-free search: the proxy of each candidate's own fresh network
+        scorer = proxy_scorer(s.method, s.space, val_file, input_size=s.proxy_input_size, batches=s.proxy_batches,
+                              batch_size=s.proxy_batch_size, seed=s.proxy_seed, device=dist.device)
+        space = scorer.space
+    else:
+        scorer, space = build_scorer("classification" if s.method == "clsnas" else "detection", supernet, val_file,
+                                     recal_file, eval_images=s.eval_images, recalibration_images=s.recalibration_images,
+                                     batch_size=s.batch_size, seed=s.seed, device=dist.device, precision=precision,
+                                     overlap=s.overlap_evaluation)
     prep_seconds = time.perf_counter() - t0
     try:
         if not dist.is_main:
@@ -361,7 +384,7 @@ def _lead(
             "arch": chosen.arch,
             "space": space.name,
             "fitness": chosen.fitness,
-            "fitness_metric": "top1" if s.method == "clsnas" else "AP",
+            "fitness_metric": s.method if s.proxy else "top1" if s.method == "clsnas" else "AP",
             "mflops": table.backbone_macs(arch) / 1e6,
             "backbone_params_m": table.backbone_params(arch) / 1e6,
             "evaluations": sum(len(h) for h in histories),
@@ -377,7 +400,8 @@ def _lead(
         _write_history(rows, history_out)
         # by the workflow's method name (scratch runs the DetNAS EA): its colour in every figure
         plot_search_curves({mlflow.get("tags", {}).get("method", s.method): histories}, curve_out, population=s.population,
-                           ylabel="top-1 (held-out, 0-1)" if s.method == "clsnas" else "mmAP (search split, 0-1)",
+                           ylabel=(f"{s.method} (training-free proxy)" if s.proxy else
+                                   "top-1 (held-out, 0-1)" if s.method == "clsnas" else "mmAP (search split, 0-1)"),
                            title=_curve_title(mlflow, s.method, space.name))
         write_json_atomic(result, arch_out)
         # the job's own method tag stays (DetNAS-scratch runs the detnas EA: method=scratch)
@@ -450,7 +474,8 @@ def _curve_title(mlflow: dict[str, Any], method: str, space: str) -> str:
     """E.g. "coco_fpn: detnas search (space small), detection supernet fine-tuned from the pre-trained supernet"."""
     name = mlflow.get("tags", {}).get("method", method)
     where = f"{mlflow['experiment']}: " if mlflow.get("experiment") else ""
-    return f"{where}{name} search (space {space})\n{SUPERNETS.get(name, SUPERNETS[method])}"
+    what = SUPERNETS.get(name) or SUPERNETS.get(method) or f"training-free: {method} of each candidate's own randomly initialized network"
+    return f"{where}{name} search (space {space})\n{what}"
 
 
 def _generation_metrics(history: list[Candidate], population: int, prefix: str = "") -> dict[str, float]:

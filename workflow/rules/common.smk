@@ -26,6 +26,29 @@ METHODS = SEARCH_METHODS + ["shufflenetv2"]  # the paper's rows (the architectur
 # architectures figure (its blocks are shufflenetv2's)
 EXTRA_METHODS = ["shufflenetv2_unscaled"]
 COMPARED_METHODS = METHODS + EXTRA_METHODS  # the comparison's rows, with the random architectures' one
+# training-free baselines (workflow/rules/training_free.smk): controls pick the feasible maximum of a
+# count, proxy searches run the EA with a zero-cost proxy as fitness; an experiment lists which it runs
+CONTROL_METHODS = ["flops_max", "params_max"]
+PROXY_METHODS = ["synflow", "naswot", "zico", "mae_entropy"]
+TRAINING_FREE = CONTROL_METHODS + PROXY_METHODS
+# the authors' published architectures, retrained as they are: published_<name> within the
+# experiment's space and FLOPs bounds, reference_<name> outside the budget
+PUBLISHED_RE = r"(?:published|reference)_[A-Za-z0-9_.]+"
+# every method a retrain/evaluate rule builds besides DetNAS (whose final.json is the experiment's own)
+RETRAINED_RE = "|".join(["random", "clsnas", "scratch", "shufflenetv2", "shufflenetv2_unscaled", r"random_arch_[0-9]+",
+                         *TRAINING_FREE, PUBLISHED_RE])
+
+
+def extra_methods(name):
+    """The experiment's training-free and published methods, in the config's order."""
+    e = experiment(name)
+    return (list(e["training_free"]["methods"]) + [f"published_{n}" for n in e["published"]]
+            + [f"reference_{n}" for n in e["references"]])
+
+
+def compared_methods(name):
+    """Every method of the experiment's comparison (the random architectures' row aside)."""
+    return COMPARED_METHODS + extra_methods(name)
 
 
 def _entry(section, name, what):
@@ -174,6 +197,7 @@ def config_problems():
                             f" (known: {', '.join(config['pretrain'])})")
         else:
             problems += _flops_problems(f"{where}.search", e["search"], config["pretrain"][e["pretrain"]]["space"])
+            problems += published_problems(name, e)
         s = e["search"]
         if s["parents"] > s["population"]:
             problems.append(f"{where}.search.parents: {s['parents']} is more than the population ({s['population']})")
@@ -289,6 +313,58 @@ def space_bounds(name):
     return tuple(known[key])
 
 
+def published_mflops(name):
+    """(space, backbone MFLOPs) of a published architecture (detnas.archs), cached as space_bounds is."""
+    import detnas.archs
+
+    entry = detnas.archs.PUBLISHED[name]
+    lo, _ = space_bounds(entry.space)  # the cache is keyed by the modules' source: reuse its validity
+    key = f"published:{name}:{entry.space}:{entry.encoding}:{lo}"
+    try:
+        known = json.loads(_BOUNDS_CACHE.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        from detnas.flops import path_macs
+        from detnas.space import get_space
+
+        space = get_space(entry.space)
+        known[key] = path_macs(space, space.parse(entry.encoding)) / 1e6
+        try:
+            tmp = _BOUNDS_CACHE.with_name(f"{_BOUNDS_CACHE.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, _BOUNDS_CACHE)
+        except OSError:
+            pass
+    return entry.space, known[key]
+
+
+def published_problem(where, experiment_name, name):
+    """Why published architecture ``name`` cannot be a published_<name> method of the experiment (its
+    space, its FLOPs against the search's bounds), or None."""
+    e = config["experiments"][experiment_name]
+    space = config["pretrain"][e["pretrain"]]["space"]
+    arch_space, mflops = published_mflops(name)
+    if arch_space != space:
+        return (f"{where}: {name} is an architecture of space {arch_space!r}, the experiment searches space {space!r}; "
+                f"list it under experiments.{experiment_name}.references to retrain it as a reference outside the budget")
+    lo, hi = e["search"]["min_mflops"], e["search"]["max_mflops"]
+    if (hi is not None and mflops > hi) or (lo is not None and mflops < lo):
+        return (f"{where}: {name} has {mflops:.1f} backbone MFLOPs, outside the search's bounds "
+                f"[{lo if lo is not None else 0}, {hi if hi is not None else 'inf'}] M; list it under "
+                f"experiments.{experiment_name}.references to retrain it as a reference outside the budget")
+    return None
+
+
+def published_problems(experiment_name, e):
+    out = []
+    for i, name in enumerate(e.get("published") or []):
+        problem = published_problem(f"experiments.{experiment_name}.published[{i}]", experiment_name, name)
+        if problem:
+            out.append(problem)
+    return out
+
+
 _warned = set()
 
 
@@ -347,4 +423,5 @@ def unknown_method_input(w):
         stop([f"{target}: unknown experiment {w.experiment!r} (experiments: {', '.join(config['experiments'])})"])
     if w.method == "detnas":
         stop([f"{target}: DetNAS's result is {R}/{w.experiment}/final.json"])
-    stop([f"{target}: unknown method {w.method!r} (methods: {', '.join(METHODS + EXTRA_METHODS)})"])
+    stop([f"{target}: unknown method {w.method!r} (methods: {', '.join(METHODS + EXTRA_METHODS + TRAINING_FREE)}, "
+          f"published_<name> or reference_<name> of a published architecture)"])

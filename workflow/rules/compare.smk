@@ -20,7 +20,7 @@ def max_mflops_arg(w):
 
 rule compare:
     input:
-        finals=lambda w: [final_json(w.experiment, m) for m in COMPARED_METHODS],
+        finals=lambda w: [final_json(w.experiment, m) for m in compared_methods(w.experiment)],
         histories=lambda w: [f"{R}/{w.experiment}/{m}/search/history.csv" for m in ("detnas", "random")],
         random_archs=lambda w: random_archs_summary(w.experiment),
         ledger=f"{R}/{{experiment}}/ledger.json",

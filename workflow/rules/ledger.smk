@@ -25,7 +25,7 @@ def ledger_jobs(name):
     e = experiment(name)
     b = f"{R}/benchmarks"
     supernet_methods = ["detnas", "random", "clsnas"]  # the methods that search the pre-trained supernet
-    rows = COMPARED_METHODS + (["random archs"] if e["random_archs"]["count"] else [])
+    rows = compared_methods(name) + (["random archs"] if e["random_archs"]["count"] else [])
     jobs = []
 
     def job(stage, rule, label, methods, wildcards):
@@ -47,10 +47,16 @@ def ledger_jobs(name):
     job("search", "handcrafted_arch", "shufflenetv2 architecture", ["shufflenetv2"], name)
     if "shufflenetv2_unscaled" in COMPARED_METHODS:
         job("search", "handcrafted_arch_unscaled", "shufflenetv2_unscaled architecture", ["shufflenetv2_unscaled"], name)
+    for m in extra_methods(name):
+        if m in PROXY_METHODS:
+            job("search", "proxy_search", f"search {m}", [m], f"{name}_{m}")
+        else:
+            maker = "control_arch" if m in CONTROL_METHODS else "published_arch"
+            job("search", maker, f"{m} architecture", [m], f"{name}_{m}")
     randoms = [f"random_arch_{i}" for i in range(1, e["random_archs"]["count"] + 1)]
     for r in randoms:
         job("search", "random_arch", f"{r} architecture", ["random archs"], f"{name}_{r.removeprefix('random_arch_')}")
-    for m in COMPARED_METHODS + randoms:
+    for m in compared_methods(name) + randoms:
         row = ["random archs"] if m.startswith("random_arch_") else [m]
         job("retrain_pretrain", "retrain_pretrain", f"retrain {m} (classifier)", row, f"{name}_{m}")
         job("retrain_finetune", "retrain_finetune", f"retrain {m} (detector)", row, f"{name}_{m}")

@@ -154,6 +154,31 @@ rule rehearse_search_clsnas:
         " --threads {threads} --mlflow {params.mlflow:q}"
 
 
+rule rehearse_search_proxy:
+    # a proxy search (training_free.smk) scores each candidate's own fresh network: its own cost
+    input:
+        train=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/supernet_train.json",
+    output:
+        out=f"{R}/{{experiment}}/rehearsal/search_{{proxy}}.json",
+    wildcard_constraints:
+        proxy="|".join(PROXY_METHODS),
+    params:
+        d=lambda w: f"{rehearsal_dir(w.experiment)}/search_{w.proxy}",
+        settings=lambda w: as_json({**proxy_settings(w.experiment, w.proxy), "population": REHEARSAL_CANDIDATES,
+                                    "parents": 1, "generations": 1, "repeats": 1}),
+        mlflow=lambda w: rehearsal_mlflow(w, f"search_{w.proxy}"),
+    threads: JOB_THREADS
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/rehearse/{{experiment}}_search_{{proxy}}.log",
+    shell:
+        _rehearse("search_{wildcards.proxy}", "{output.out}", "{log}", "--arch-file {params.d}/arch.json")
+        + " python -m detnas search --settings {params.settings:q} --val {input.train} --arch-out {params.d}/arch.json"
+        " --history {params.d}/history.csv --curve {params.d}/curve.png --checkpoint-dir {params.d}/checkpoints"
+        " --threads {threads} --mlflow {params.mlflow:q}"
+
+
 rule rehearse_retrain_pretrain:
     input:
         arch=f"{R}/{{experiment}}/shufflenetv2/search/arch.json",  # a fixed architecture of the space, made in seconds
@@ -234,6 +259,12 @@ REHEARSED = ["pretrain_supernet", "finetune_supernet", "search", "search_clsnas"
              "evaluate"]
 
 
+def rehearsed(name):
+    """The rehearsals experiment `name`'s plan reads: every stage's, and each proxy search's it runs."""
+    proxies = [m for m in experiment(name)["training_free"]["methods"] if m in PROXY_METHODS]
+    return REHEARSED + [f"search_{m}" for m in proxies]
+
+
 def plan_jobs(name):
     """The comparison's jobs (ledger_jobs: the same DAG) with each one's size at the real settings:
     training steps, search candidates, test images (None: the rehearsal's)."""
@@ -254,8 +285,9 @@ def plan_jobs(name):
             size["steps"] = steps[job["stage"]]
         elif job["stage"] == "search":
             size["candidates"] = candidates if job["name"].startswith("search ") else 0
-            if job["name"] == "search clsnas":
-                size["rehearsal"] = "search_clsnas"
+            method = job["name"].removeprefix("search ")
+            if method == "clsnas" or method in PROXY_METHODS:
+                size["rehearsal"] = f"search_{method}"
         elif job["stage"] == "evaluate":
             size["images"] = None
         out.append({**job, **size})
@@ -274,14 +306,14 @@ def plan_profile():
 
 rule plan:
     input:
-        rehearsals=lambda w: [f"{R}/{w.experiment}/rehearsal/{s}.json" for s in REHEARSED],
+        rehearsals=lambda w: [f"{R}/{w.experiment}/rehearsal/{s}.json" for s in rehearsed(w.experiment)],
     output:
         json=f"{R}/{{experiment}}/plan.json",
         md=report(f"{R}/{{experiment}}/plan.md", caption="../report/plan.rst", category="{experiment}",
                   subcategory="cost"),
     params:
         jobs=lambda w: as_json(plan_jobs(w.experiment)),
-        rehearsals=lambda w, input: " ".join(f"{s}={p}" for s, p in zip(REHEARSED, input.rehearsals)),
+        rehearsals=lambda w, input: " ".join(f"{s}={p}" for s, p in zip(rehearsed(w.experiment), input.rehearsals)),
         profile=lambda w: as_json(plan_profile()),
     log:
         f"{R}/logs/plan/{{experiment}}.log",

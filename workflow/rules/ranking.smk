@@ -8,8 +8,17 @@ from types import SimpleNamespace
 
 
 def ranking_finals(name):
-    methods = METHODS + EXTRA_METHODS
+    methods = METHODS + EXTRA_METHODS + extra_methods(name)
     return [final_json(name, m) for m in methods] + random_arch_finals(name)
+
+
+def ranking_training_free(name, data):
+    """The ranking's training-free scores: the proxies the experiment runs, as its proxy searches
+    compute them (training_free.smk's proxy_settings), on the supernet's training images."""
+    settings = proxy_settings(name, "synflow")
+    proxies = [m for m in experiment(name)["training_free"]["methods"] if m in PROXY_METHODS]
+    return {"proxies": proxies, "input_size": settings["proxy_input_size"], "batches": settings["proxy_batches"],
+            "batch_size": settings["proxy_batch_size"], "seed": settings["proxy_seed"], "data": data}
 
 
 def ranking_input(w):
@@ -36,6 +45,7 @@ rule ranking:
                    subcategory="ranking quality"),
     params:
         settings=lambda w: as_json(experiment(w.experiment)["search"]),
+        training_free=lambda w, input: as_json(ranking_training_free(w.experiment, input.detection_recal)),
         mlflow=lambda w: mlflow_run(w.experiment, "ranking", "ranking quality", w, **experiment_tags(w.experiment)),
     threads: JOB_THREADS
     resources:
@@ -51,4 +61,5 @@ rule ranking:
         " --detection-recal {input.detection_recal} --detection-history {input.detection_histories}"
         " --classification-supernet {input.classification_supernet} --classification-split {input.classification_split}"
         " --classification-history {input.classification_histories}"
+        " --training-free {params.training_free:q}"
         " --json {output.json} --png {output.png} --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"

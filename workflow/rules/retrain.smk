@@ -4,23 +4,35 @@
 
 
 
-def retrain_pretrain_settings(name):
+def reference_space(method):
+    """A reference_<name>'s own space (it may be another than the experiment's), else None."""
+    if method is None or not method.startswith("reference_"):
+        return None
+    import detnas.archs
+
+    entry = detnas.archs.PUBLISHED.get(method.removeprefix("reference_"))
+    return None if entry is None else entry.space
+
+
+def retrain_pretrain_settings(name, method=None):
     e = experiment(name)
     over = e["retrain"]["pretrain"]
     unknown = set(over) - set(pretrain_settings(e["pretrain"]))
     if unknown:
         raise ValueError(f"config/config.yaml: experiments.{name}.retrain.pretrain has unknown keys {sorted(unknown)}")
-    return {**pretrain_settings(e["pretrain"]), **over}
+    own = reference_space(method)
+    return {**pretrain_settings(e["pretrain"]), **over, **({"space": own} if own else {})}
 
 
-def retrain_finetune_settings(name):
+def retrain_finetune_settings(name, method=None):
     e = experiment(name)
     base = finetune_settings(name, scratch=False)
     over = e["retrain"]["finetune"]
     unknown = set(over) - set(base)
     if unknown:
         raise ValueError(f"config/config.yaml: experiments.{name}.retrain.finetune has unknown keys {sorted(unknown)}")
-    return {**base, **over}
+    own = reference_space(method)
+    return {**base, **over, **({"space": own} if own else {})}
 
 
 rule retrain_pretrain:
@@ -36,7 +48,7 @@ rule retrain_pretrain:
                       caption="../report/training_curves.rst", category="{experiment}",
                       subcategory="training curves", labels={"network": "{method}", "stage": "retraining: classification"}),
     params:
-        settings=lambda w: as_json(retrain_pretrain_settings(w.experiment)),
+        settings=lambda w: as_json(retrain_pretrain_settings(w.experiment, w.method)),
         mlflow=lambda w: mlflow_run(w.experiment, "retrain_pretrain", f"retrain {w.method}: classification", w,
                                     **experiment_tags(w.experiment, method=w.method)),
     threads: JOB_THREADS
@@ -67,7 +79,7 @@ rule retrain_finetune:
                       caption="../report/training_curves.rst", category="{experiment}",
                       subcategory="training curves", labels={"network": "{method}", "stage": "retraining: detection"}),
     params:
-        settings=lambda w: as_json(retrain_finetune_settings(w.experiment)),
+        settings=lambda w: as_json(retrain_finetune_settings(w.experiment, w.method)),
         mlflow=lambda w: mlflow_run(w.experiment, "retrain_finetune", f"retrain {w.method}: detection", w,
                                     **experiment_tags(w.experiment, method=w.method)),
     threads: JOB_THREADS
@@ -117,7 +129,7 @@ rule evaluate:
         pictures=report(f"{R}/{{experiment}}/{{method}}/retrain/detections.png", caption="../report/detections.rst",
                         category="{experiment}", subcategory="detections", labels={"network": "{method}"}),
     wildcard_constraints:
-        method="random|clsnas|scratch|shufflenetv2|shufflenetv2_unscaled|random_arch_[0-9]+",
+        method=RETRAINED_RE,
     params:
         info=evaluate_info,
         primary=primary_metric,
