@@ -354,6 +354,82 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from .stages.detect import run_detect
+
+    run_detect(checkpoint=args.checkpoint, images=args.images, out=args.out, score_threshold=args.score_threshold,
+               classes_from=args.classes_from, batch_size=args.batch_size, device=args.device, threads=args.threads,
+               amp=args.amp, channels_last=args.channels_last)
+    return 0
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="run a retrained detector on your own images -> detections.json, annotated jpgs",
+                       description="Run a retrained detector (the evaluate stage's inference: same batching, precision "
+                       "and COCO conversion) on image files and folders (jpg, jpeg, png, bmp; a folder's files sorted "
+                       "by name). Writes to --out: detections.json (every detection, COCO results format), images.json "
+                       "(image id, file name, width and height of each image) and <stem>.jpg, each image with the "
+                       "detections above --score-threshold drawn with their class names. With --classes-from, images "
+                       "of that annotation file keep their ids there, so detections.json evaluates against it as is.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the detector (retrain_finetune's detector.pt)")
+    p.add_argument("images", type=Path, nargs="+", help="image files and folders of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="draw detections scoring at least this (detections.json holds all of them); default 0.3")
+    p.add_argument("--classes-from", type=Path, metavar="ANN_JSON",
+                   help="a COCO annotation file of the detector's classes: class names from it, image ids of its images")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    _precision_args(p, default=None, default_help="the detector's own fine-tuning setting, saved in its checkpoint")
+    _stage_args(p, settings=False, mlflow=False, compute=True)
+    p.set_defaults(func=_detect)
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    """``S`` (square), ``HxW`` or ``H,W``."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S, HxW or H,W in pixels, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 32:
+        raise argparse.ArgumentTypeError(f"expected S, HxW or H,W, each at least 32 px, got {text!r}")
+    return values[0], values[1]
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .stages.export import run_export
+
+    run_export(checkpoint=args.checkpoint, out=args.out, input_size=args.input_size, images=args.images or (),
+               test_file=args.test, max_images=args.max_images, opset=args.opset, exporter=args.exporter,
+               threads=args.threads)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="a retrained detector as ONNX at a fixed input size, checked against PyTorch",
+                       description="Export a retrained detector to ONNX at one input size (1, 3, H, W): detector.onnx "
+                       "(the whole detector on a letterboxed RGB image in [0, 1], outputs boxes, scores, labels) and "
+                       "backbone.onnx (the backbone's feature maps), and export.json (input, outputs, opset, exporter, "
+                       "versions, parity). ONNX Runtime and PyTorch are compared on real images first; nothing is "
+                       "written when they differ beyond the tolerances.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the detector (retrain_finetune's detector.pt)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--input-size", type=_input_size, metavar="HxW",
+                   help="the fixed input: S, HxW or H,W (default: the detector's min_size x max_size)")
+    p.add_argument("--images", type=Path, nargs="+", help="image files and folders for the parity check")
+    p.add_argument("--test", type=Path, metavar="ANN_JSON",
+                   help="or an annotation file (e.g. the test split) whose images the parity check runs on")
+    p.add_argument("--max-images", type=_positive_int, default=8, help="images the parity check runs on (default 8)")
+    p.add_argument("--opset", type=_positive_int, default=17)
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                   help="torch.onnx.export's TorchScript-based exporter (dynamo=False, the default: torch.export "
+                   "cannot trace torchvision's NMS) or the torch.export-based one (needs onnxscript)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's and ONNX Runtime's default)")
+    p.set_defaults(func=_export)
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .stages.compare import run_compare
 
@@ -676,6 +752,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_search,
     _add_fixed_arch,
     _add_evaluate,
+    _add_detect,
+    _add_export,
     _add_random_arch,
     _add_random_archs_summary,
     _add_compare,

@@ -190,11 +190,19 @@ def backbone_body(space: SearchSpace, arch: Arch | None) -> _Skeleton:
 def detector_from_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A detector saved by ``run_finetune`` (supernet or standalone), on ``device``, and its metadata."""
     ckpt = load_checkpoint(path, map_location=device)
-    if ckpt.get("kind") != "detector":
-        raise ValueError(f"{path}: not a detector checkpoint (kind {ckpt.get('kind')!r})")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "detector":
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a detector checkpoint (kind {kind!r})")
+    missing = [k for k in ("space", "arch", "detector", "num_classes", "state_dict") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: detector checkpoint lacks {', '.join(missing)}")
     space = get_space(ckpt["space"])
     arch = space.parse(ckpt["arch"]) if ckpt["arch"] else None
     model = build_detector(backbone_body(space, arch), num_classes=ckpt["num_classes"],
                            settings=DetectorSettings.from_dict(ckpt["detector"]))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # weights of another network: name the file, on one line
+        raise ValueError(f"{path}: its weights do not fit the detector it describes "
+                         f"({' '.join(str(exc).split())[:300]})") from exc
     return model.to(device), ckpt

@@ -1,13 +1,22 @@
 """Evaluation: detections as COCO results, COCO box metrics (``detnas.coco_eval``), classification
 top-1, and the prepared image sets a search job scores every candidate on (decoded once, reused for
-every candidate)."""
+every candidate).
+
+Every detector forward of the pipeline on images without targets goes through ``model_batches``: the
+evaluate stage on its test split, a search scoring its candidates, and ``detect`` on a user's image
+files (``detnas.data.image_files``). An ``ImageSource`` is what it reads from: the image ids in order
+and ``decoded(lo, hi)``; ``DetectionImages`` and ``ImageFiles`` are the two. ``inference_precision``
+is the one place where a checkpoint's fine-tuning precision and a command's ``--amp`` /
+``--channels-last`` become the precision of those forwards.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -17,16 +26,54 @@ from torch import Tensor, nn
 from .coco_eval import COCO_METRICS, coco_box_metrics, results_dicts
 from .data.coco import DetectionDataset
 from .data.images import decode_rgb8
+from .precision import Precision
 
 __all__ = [
     "COCO_METRICS",
     "DetectionImages",
+    "ImageSource",
     "coco_box_metrics",
     "detect_array",
     "detection_array",
     "detection_results",
+    "image_batches",
+    "inference_precision",
+    "model_batches",
     "top1_counts",
 ]
+
+
+class ImageSource(Protocol):
+    """Images a detector runs on, in order: their ids (the ``image_id`` of their COCO results), the
+    dataset's category ids (label k is ``category_ids[k - 1]``) and the images themselves, decoded
+    on demand."""
+
+    image_ids: Sequence[int]
+    category_ids: Sequence[int]
+
+    def __len__(self) -> int: ...
+
+    def decoded(self, lo: int, hi: int) -> list[Tensor]:
+        """Images ``lo:hi`` as uint8 (3, H, W) RGB tensors."""
+        ...
+
+
+def image_batches(source: ImageSource, batch_size: int, device: torch.device,
+                  threads: int = 2) -> Iterator[tuple[int, list[Tensor]]]:
+    """(index of the batch's first image, images float in [0, 1] (3, H, W) on ``device``) in order;
+    the next batch is decoded on ``threads`` worker threads while the caller computes on this one
+    (torchvision's decoders release the GIL)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    starts = list(range(0, len(source), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending = pool.submit(source.decoded, 0, batch_size) if starts else None
+        for n, i in enumerate(starts):
+            decoded = pending.result()
+            if n + 1 < len(starts):
+                pending = pool.submit(source.decoded, starts[n + 1], starts[n + 1] + batch_size)
+            yield i, [im.to(device, non_blocking=True).float().div_(255.0) for im in decoded]
+
 
 @dataclass
 class DetectionImages:
@@ -88,18 +135,11 @@ class DetectionImages:
 
     def batches(self, batch_size: int, device: torch.device) -> Iterable[tuple[list[Tensor], list[dict[str, Any]]]]:
         """(images float in [0, 1] on ``device``, targets on ``device``) in order; the next batch is
-        decoded on worker threads while the caller computes on this one."""
-        starts = list(range(0, len(self.images), batch_size))
-        with ThreadPoolExecutor(max_workers=max(1, self.decode_threads)) as pool:
-            pending = pool.submit(self.decoded, 0, batch_size) if starts else None
-            for n, i in enumerate(starts):
-                decoded = pending.result()
-                if n + 1 < len(starts):
-                    pending = pool.submit(self.decoded, starts[n + 1], starts[n + 1] + batch_size)
-                ims = [im.to(device, non_blocking=True).float().div_(255.0) for im in decoded]
-                tgs = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()}
-                       for t in self.targets[i:i + batch_size]]
-                yield ims, tgs
+        decoded on worker threads while the caller computes on this one (``image_batches``)."""
+        for i, ims in image_batches(self, batch_size, device, self.decode_threads):
+            tgs = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()}
+                   for t in self.targets[i:i + len(ims)]]
+            yield ims, tgs
 
 
 def detection_array(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[int],
@@ -139,17 +179,43 @@ def detection_results(outputs: Sequence[dict[str, Tensor]], image_ids: Sequence[
     return results_dicts(detection_array(outputs, image_ids, category_ids))
 
 
-@torch.no_grad()
-def detect_array(model: nn.Module, data: DetectionImages, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """The (N, 7) detections array (``detection_array``) of ``model`` (eval mode; the mode is
-    restored) on prepared images."""
+def inference_precision(meta: dict[str, Any], device: torch.device, *, amp: str | bool | None = None,
+                        channels_last: bool | str | None = None) -> Precision:
+    """The precision a detector's inference runs in on ``device``: ``amp`` and ``channels_last`` as
+    given, None for the setting the detector was fine-tuned with (its checkpoint's ``precision``;
+    "auto" for a checkpoint without it), resolved for ``device`` (``detnas.precision``)."""
+    trained = meta.get("precision") or {}
+    return Precision.resolve(trained.get("amp", "auto") if amp is None else amp,
+                             trained.get("channels_last", "auto") if channels_last is None else channels_last,
+                             device)
+
+
+def model_batches(model: nn.Module, source: ImageSource, *, batch_size: int, device: torch.device,
+                  precision: Precision | None = None) -> Iterator[tuple[Sequence[int], list[dict[str, Tensor]]]]:
+    """(image ids, torchvision detections: boxes XYXY float32 in the image's pixels, scores, labels
+    1..K) of ``source``'s images, batch by batch, the model in eval mode without gradients (its mode
+    is restored at the end), each forward under ``precision``'s autocast (None: as the caller set it
+    up; the boxes come out in float32 either way: ``detnas.detectors``)."""
     was_training = model.training
     model.eval()
-    blocks, done = [], 0
-    for ims, _ in data.batches(batch_size, device):
-        blocks.append(detection_array(model(ims), data.image_ids[done:done + len(ims)], data.category_ids))
-        done += len(ims)
-    model.train(was_training)
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
+    try:
+        for i, ims in image_batches(source, batch_size, device, getattr(source, "decode_threads", 2)):
+            # no_grad and autocast around the forward only: a generator's context would stay entered
+            # in the caller's code between two batches
+            with torch.no_grad(), autocast():
+                outputs = model(ims)
+            yield source.image_ids[i:i + len(ims)], outputs
+    finally:
+        model.train(was_training)
+
+
+def detect_array(model: nn.Module, data: ImageSource, *, batch_size: int, device: torch.device,
+                 precision: Precision | None = None) -> np.ndarray:
+    """The (N, 7) detections array (``detection_array``) of ``model`` on ``data``'s images
+    (``model_batches``: eval mode, restored; ``precision``'s autocast)."""
+    blocks = [detection_array(outputs, ids, data.category_ids)
+              for ids, outputs in model_batches(model, data, batch_size=batch_size, device=device, precision=precision)]
     return np.concatenate(blocks) if blocks else np.empty((0, 7))
 
 

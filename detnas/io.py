@@ -227,7 +227,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise ValueError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(str(exc).split())  # one line: torch's unpickling messages span several
+        raise ValueError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {reason})") from exc
     if isinstance(obj, dict) and DIGEST_KEY in obj:
         saved = obj.pop(DIGEST_KEY)
         if saved != checkpoint_digest(obj):

@@ -155,7 +155,7 @@ def evaluate_found_boxes(tmp_path: Path, test_file: Path, monkeypatch, *, primar
     meta = {"arch": arch, "space": "tiny", "category_ids": data.category_ids}
     monkeypatch.setattr(evaluate_stage, "detector_from_checkpoint", lambda path, device: (nn.Identity(), meta))
 
-    def found(model, images, *, batch_size, device):
+    def found(model, images, *, batch_size, device, precision=None):
         targets = images.targets[shift:] + images.targets[:shift]
         outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
                    for t in targets]

@@ -11,13 +11,12 @@ from typing import Any
 from ..detectors import detector_from_checkpoint
 from ..distributed import init_distributed, peak_gpu_memory_mb, set_threads
 from ..coco_eval import COCO_METRICS, Evaluator, results_dicts
-from ..evaluate import DetectionImages, detect_array
+from ..evaluate import DetectionImages, detect_array, inference_precision
 from ..flops import cost_table
 from ..formatting import fmt_number
 from ..health import chance_health, health_summary, shifted_detections, training_health
 from ..io import read_json, write_json_atomic
 from ..plots import plot_detections
-from ..precision import Precision
 from ..space import get_space, split_space_name
 from ..tracking import StageRun
 from ..voc_eval import VOC_METRICS, voc_ap
@@ -113,10 +112,7 @@ def run_evaluate(
     dist = init_distributed(device)
     set_threads(threads, 1)
     model, meta = detector_from_checkpoint(detector, dist.device)
-    trained = meta.get("precision", {})
-    precision = Precision.resolve(trained.get("amp", "auto") if amp is None else amp,
-                                  trained.get("channels_last", "auto") if channels_last is None else channels_last,
-                                  dist.device)
+    precision = inference_precision(meta, dist.device, amp=amp, channels_last=channels_last)
     precision.prepare(model)
     chosen = read_json(arch_file)
     if meta["arch"] != chosen["arch"]:
@@ -136,8 +132,8 @@ def run_evaluate(
         # the test figures and the chance check side by side in two processes (which index the
         # ground truth while the detector runs); the VOC APs meanwhile in this one
         with Evaluator({"test": data.coco.dataset}, in_flight=2, workers=2) as evaluator:
-            with precision.autocast():  # the boxes come out in float32 (detectors)
-                found = detect_array(model, data, batch_size=batch_size, device=dist.device)
+            # the forwards of `detect` too (detnas.evaluate.model_batches); boxes come out in float32
+            found = detect_array(model, data, batch_size=batch_size, device=dist.device, precision=precision)
             full = evaluator.submit("test", found, data.image_ids)
             chance = evaluator.submit("test", shifted_detections(found, data.image_ids), data.image_ids, by_size=False)
             results = results_dicts(found)
