@@ -88,9 +88,9 @@ def test_compare_rule_takes_every_retrained_network_and_the_flops_limit(tmp_path
     wd = make_workdir(tmp_path)
     jobs = planned(wd, "results/shapes_fpn/comparison.csv")
     assert jobs["handcrafted_arch"] == jobs["handcrafted_arch_unscaled"] == 1
-    # 5 methods and the unscaled ShuffleNetV2 (evaluate_detnas is its own rule), 3 random architectures,
+    # random, clsnas, scratch and both ShuffleNetV2 (DetNAS: evaluate_detnas), 3 random architectures,
     # the 6 training-free methods
-    assert jobs["evaluate"] == 4 + 3 + 6
+    assert jobs["evaluate"] == 5 + 3 + 6
     shell = snakemake(wd, "-n", "-p", "results/shapes_fpn/comparison.csv").stdout
     command = next(line for line in shell.splitlines() if "detnas compare" in line)
     assert "results/shapes_fpn/shufflenetv2_unscaled/final.json" in command and "--max-mflops 40" in command
