@@ -62,7 +62,7 @@ SETTINGS_KEYS = {
     "finetune": ["space", "detector", "batch_size", "schedule", "seed", "checkpoint_every", "log_every",
                  "eval_batch_size", "schedule_factor", "amp", "channels_last", "loader_probe"],
     "search": ["method", "population", "parents", "generations", "mutation_prob", "mutations", "crossovers",
-               "max_mflops", "min_mflops",
+               "max_mflops", "min_mflops", "max_latency_ms",
                "recalibration_images", "eval_images", "batch_size", "seed", "repeats", "amp", "channels_last",
                "overlap_evaluation", "space", "proxy_input_size", "proxy_batches", "proxy_batch_size", "proxy_seed"],
     "split-detection": ["sources", "split", "check_images"],
@@ -232,7 +232,7 @@ def _search(args: argparse.Namespace) -> int:
     run_search_stage(
         args.settings, supernet=args.supernet, val_file=args.val, recal_file=args.recal, arch_out=args.arch_out,
         history_out=args.history, curve_out=args.curve, checkpoint_dir=args.checkpoint_dir, mlflow=args.mlflow,
-        threads=args.threads, device=args.device,
+        threads=args.threads, device=args.device, latency_table=args.latency_table,
     )
     return 0
 
@@ -255,6 +255,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--history", type=Path, required=True, help="every scored candidate (CSV)")
     p.add_argument("--curve", type=Path, required=True, help="best-so-far and top-k mean per generation (PNG)")
     p.add_argument("--checkpoint-dir", type=Path, required=True)
+    p.add_argument("--latency-table", type=Path,
+                   help="the experiment's latency table (python -m detnas latency-table): with settings "
+                        "max_latency_ms, a candidate's backbone must also be within that many ms by the table")
     _stage_args(p, compute=True)
     p.set_defaults(func=_search)
 
@@ -269,7 +272,8 @@ def _fixed_arch(args: argparse.Namespace) -> int:
         raise ValueError("fixed-arch: give --space (or --published NAME)")
     if args.control is not None:
         run_control_arch(space=args.space, control=args.control, min_mflops=args.min_mflops, max_mflops=args.max_mflops,
-                         out=args.out)
+                         out=args.out, latency_table=args.latency_table, max_latency_ms=args.max_latency_ms,
+                         search=args.search_settings)
         return 0
     if args.arch is None and args.uniform is None:
         raise ValueError("fixed-arch: give --arch, --uniform, --control or --published")
@@ -299,8 +303,17 @@ def _add_fixed_arch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale-to", type=float, metavar="MFLOPS",
                    help="widen the network to this many backbone MFLOPs (224x224, stem + blocks); default: unscaled")
     p.add_argument("--method", required=True, help="name of the baseline, e.g. shufflenetv2")
+    _latency_args(p)
+    p.add_argument("--search-settings", type=_json_arg,
+                   help="--control with --max-latency-ms: the search settings (JSON) whose EA finds the control")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_fixed_arch)
+
+
+def _latency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency-table", type=Path, help="the experiment's latency table (python -m detnas latency-table)")
+    p.add_argument("--max-latency-ms", type=float,
+                   help="upper bound on the backbone's latency by that table, in ms (search.max_latency_ms)")
 
 
 def _positive_int(text: str) -> int:
@@ -321,7 +334,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier_metrics=args.classifier_metrics, out=args.out, info=args.info, primary_metric=args.primary,
         batch_size=args.batch_size, mlflow=args.mlflow, threads=args.threads, device=args.device,
         amp=args.amp, channels_last=args.channels_last, detector_metrics=args.detector_metrics,
-        pictures=args.pictures, max_images=args.max_images,
+        pictures=args.pictures, max_images=args.max_images, latency=args.latency,
     )
     return 0
 
@@ -349,9 +362,75 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=_positive_int, metavar="N",
                    help="evaluate N test images drawn with seed 0, not all (a rehearsal's timing; final.json says so in "
                    "test_images against test_images_total)")
+    p.add_argument("--latency", type=Path, help="the network's latency.json (python -m detnas latency): its predicted "
+                   "and measured backbone latency go into final.json")
     _precision_args(p, default=None, default_help="the detector's own fine-tuning setting, saved in its checkpoint")
     _stage_args(p, settings=False, compute=True)
     p.set_defaults(func=_evaluate)
+
+
+def _latency_table(args: argparse.Namespace) -> int:
+    from .stages.latency import run_latency_table
+
+    s = args.settings
+    num_classes = args.num_classes
+    if args.classes_from is not None:
+        from .io import read_json
+
+        categories = read_json(args.classes_from).get("categories")
+        if not categories:
+            raise ValueError(f"{args.classes_from}: no categories (not a detection annotation file)")
+        num_classes = len(categories)
+    run_latency_table(space=args.space, input_size=s.get("input_size"), batch_size=s.get("batch_size", 1),
+                      device=s.get("device", "cpu"), threads=args.threads or s.get("threads", 1),
+                      repeats=s.get("repeats", 15), warmup=s.get("warmup", 5),
+                      block_seconds=s.get("block_seconds", 0.01), calibration_archs=s.get("calibration_archs", 10),
+                      validate=s.get("validate", 10), seed=s.get("seed", 0), detector=args.detector,
+                      num_classes=num_classes, out=args.out, validation_out=args.validation, plot_out=args.png)
+    return 0
+
+
+def _add_latency_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency-table", help="time every block choice of a space on this device -> latency table",
+                       description="Time every (block position, choice) of the space at the detection input size on "
+                       "this machine's device (torch.utils.benchmark, warmed up, median of repeats; CUDA-synchronised "
+                       "on a GPU), and the stem; calibrate the sum on seeded random whole backbones; validate it "
+                       "against others (mean and worst error in %%) and plot predicted against measured. The table "
+                       "records the device, threads, input and batch size and the library versions, and is refused "
+                       "where any of them differ.")
+    p.add_argument("--space", required=True)
+    p.add_argument("--settings", type=_json_arg, required=True,
+                   help="JSON: input_size, batch_size (1), device (cpu|cuda), threads (1), repeats (15), warmup (5), "
+                        "block_seconds (0.01), calibration_archs (10), validate (10), seed (0); the experiment's "
+                        "latency section (workflow/schemas/config.schema.yaml)")
+    p.add_argument("--detector", type=_json_arg,
+                   help="JSON: the detector's settings; its fixed parts (FPN, head, post-processing) are timed too")
+    p.add_argument("--num-classes", type=int, help="with --detector: the dataset's classes")
+    p.add_argument("--classes-from", type=Path, help="with --detector: an annotation file whose categories are the classes")
+    p.add_argument("--out", type=Path, required=True, help="the table (JSON)")
+    p.add_argument("--validation", type=Path, required=True, help="the validation (JSON)")
+    p.add_argument("--png", type=Path, required=True, help="predicted against measured (PNG)")
+    p.add_argument("--threads", type=int, default=0, help="override the settings' threads (0: theirs)")
+    p.set_defaults(func=_latency_table)
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from .stages.latency import run_arch_latency
+
+    run_arch_latency(arch_file=args.arch_file, table_file=args.table, out=args.out)
+    return 0
+
+
+def _add_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency", help="a network's predicted and measured backbone latency -> latency.json",
+                       description="Predict the backbone latency of an arch.json from the latency table (the sum a "
+                       "latency bound reads) and time the backbone end to end on this machine with the table's "
+                       "settings. The table must be this device's: one from another device, thread count or torch "
+                       "version is refused.")
+    p.add_argument("--arch-file", type=Path, required=True)
+    p.add_argument("--table", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_latency)
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -538,7 +617,8 @@ def _random_arch(args: argparse.Namespace) -> int:
     from .stages.arch_files import run_random_arch
 
     run_random_arch(space=args.space, index=args.index, count=args.count, seed=args.seed,
-                    min_mflops=args.min_mflops, max_mflops=args.max_mflops, out=args.out)
+                    min_mflops=args.min_mflops, max_mflops=args.max_mflops, out=args.out,
+                    latency_table=args.latency_table, max_latency_ms=args.max_latency_ms)
     return 0
 
 
@@ -553,6 +633,7 @@ def _add_random_arch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-mflops", type=float, help="upper bound on backbone MACs at 224x224, in millions")
     p.add_argument("--min-mflops", type=float, help="lower bound")
+    _latency_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_random_arch)
 
@@ -754,6 +835,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_detect,
     _add_export,
+    _add_latency_table,
+    _add_latency,
     _add_random_arch,
     _add_random_archs_summary,
     _add_compare,

@@ -87,6 +87,10 @@ __all__ = [
     "device_name",
     "latency_key",
     "load_latency_table",
+    "LatencyBound",
+    "both",
+    "latency_bound",
+    "measure_backbone_ms",
     "measure_latency_table",
     "validate_table",
 ]
@@ -583,9 +587,7 @@ def validate_table(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     dev = _torch_device(table.device)
     expected = latency_key(space, table.input_size, table.batch_size, dev, table.threads)
-    differ = [f"{k} {table.key[k]!r} (here {expected[k]!r})" for k in KEY_FIELDS if table.key[k] != expected[k]]
-    if differ:
-        raise ValueError(f"cannot validate a latency table of another setup: {'; '.join(differ)}")
+    _refuse_other_setup(table, expected, "validate")
     s = table.settings
     timing = _Timing(
         dev, table.threads,
@@ -607,3 +609,77 @@ def validate_table(
         predicted = table.backbone_ms(arch)
         entries.append(ValidationEntry(str(arch), predicted, m, 100.0 * (predicted - m) / m, table.sum_ms(arch)))
     return Validation(tuple(entries))
+
+
+def _refuse_other_setup(table: LatencyTable, expected: dict[str, Any], what: str) -> None:
+    differ = [f"{k} {table.key[k]!r} (here {expected[k]!r})" for k in KEY_FIELDS if table.key[k] != expected[k]]
+    if differ:
+        raise ValueError(f"cannot {what} with a latency table of another setup: {'; '.join(differ)}")
+
+
+def measure_backbone_ms(table: LatencyTable, space: SearchSpace | str, arch: Arch | str, *, seed: int = 0) -> float:
+    """The end-to-end time (ms) of the detection backbone ``arch`` of ``space`` on this machine at the
+    table's device, threads, input and batch size, timed as the table's entries (its repeats, warm-up,
+    block length and statistic). ``space`` may differ from the table's (a width-scaled ShuffleNetV2, a
+    published architecture of another space): only the device and the settings must be the table's
+    (ValueError otherwise), since the measured time is set beside the table's predictions."""
+    space = _space(space)
+    arch = space.parse(arch) if isinstance(arch, str) else arch
+    dev = _torch_device(table.device)
+    expected = latency_key(table.space, table.input_size, table.batch_size, dev, table.threads)
+    _refuse_other_setup(table, expected, "measure a backbone")
+    s = table.settings
+    timing = _Timing(dev, table.threads, s.get("repeats", 15), s.get("warmup", 5), s.get("block_seconds", 0.01),
+                     _check_statistic(s.get("statistic", "median")))
+    with _measuring(table.threads):
+        call = _backbone_call(space, arch, table.input_size, table.batch_size, seed, dev)
+        (ms,) = timing.ms([call])
+    return ms
+
+
+def both(first: Callable[[Arch], bool], second: Callable[[Arch], bool]) -> Callable[[Arch], bool]:
+    """The conjunction of two feasibility tests (the FLOPs bounds and the latency bound)."""
+    return lambda arch: first(arch) and second(arch)
+
+
+@dataclass(frozen=True)
+class LatencyBound:
+    """A search's latency constraint: the backbone's table-sum (``LatencyTable.backbone_ms``, the
+    figure ``final.json`` reports as predicted) at most ``max_ms``."""
+
+    table: LatencyTable
+    max_ms: float
+
+    def admits(self, arch: Arch) -> bool:
+        return self.table.within(arch, self.max_ms)
+
+
+def bound_problem(table: LatencyTable, max_ms: float, where: str, source: str) -> str | None:
+    """Why ``max_ms`` admits no architecture of the table's space, naming the setting ``where`` and the
+    table's file ``source`` (None when it admits one). The DAG build reads the same figures from the
+    table's JSON (workflow/rules/common.smk) before any job runs."""
+    lo, hi = table.bounds()
+    if max_ms >= lo:
+        return None
+    # shown rounded outwards to 0.001 ms: a bound at the fastest figure shown admits an architecture
+    return (f"{where}: {max_ms} admits no architecture (latency table {source}: fastest backbone "
+            f"{math.ceil(lo * 1000) / 1000} ms, slowest {math.floor(hi * 1000) / 1000} ms on {table.device}, "
+            f"{table.threads} thread(s), {table.input_size} px, batch {table.batch_size})")
+
+
+def latency_bound(path: str | Path, space: SearchSpace, max_ms: float, where: str) -> LatencyBound:
+    """The latency bound ``max_ms`` over the table at ``path``, which must be of ``space``; ValueError
+    (naming ``where`` and the file) for another space's table or a bound no architecture meets."""
+    if not max_ms > 0:
+        raise ValueError(f"{where}: {max_ms} must be a positive number of milliseconds")
+    data = read_json(Path(path))
+    try:
+        table = LatencyTable.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a valid latency table ({type(exc).__name__}: {exc})") from None
+    if table.space != space.name:
+        raise ValueError(f"{path}: a latency table of space {table.space!r}, not {space.name!r}: measure it again")
+    problem = bound_problem(table, max_ms, where, str(path))
+    if problem:
+        raise ValueError(problem)
+    return LatencyBound(table, max_ms)

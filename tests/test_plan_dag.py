@@ -43,7 +43,9 @@ STAGE_OF_RULE = {"synthesize_detection": "data", "synthesize_classification": "d
                  "finetune_supernet": "finetune_supernet", "search": "search", "handcrafted_arch": "search",
                  "handcrafted_arch_unscaled": "search", "random_arch": "search", "proxy_search": "search",
                  "control_arch": "search", "published_arch": "search", "retrain_pretrain": "retrain_pretrain",
-                 "retrain_finetune": "retrain_finetune", "evaluate": "evaluate", "evaluate_detnas": "evaluate"}
+                 "retrain_finetune": "retrain_finetune", "evaluate": "evaluate", "evaluate_detnas": "evaluate",
+                 # the latency table is measured for real, as the split; each network's latency is its own stage
+                 "latency_table": "data", "arch_latency": "latency"}
 
 
 @pytest.mark.slow

@@ -143,6 +143,51 @@ def test_end_to_end_dag_all_methods(micro_run):
 
 
 @pytest.mark.slow
+def test_end_to_end_latency_table_bound_and_each_networks_latency(micro_run):
+    """The micro experiment's latency table (its search.max_latency_ms routes every search, random
+    architecture and control through it): validated, and every network's predicted and measured
+    latency in its final.json and the comparison."""
+    wd = micro_run / "results/shapes_fpn"
+    table = json.loads((wd / "latency/table.json").read_text())
+    assert table["space"] == "tiny" and table["input_size"] == 64 and table["threads"] == 1
+    assert len(table["ms"]) == 8 and all(len(row) == 4 for row in table["ms"])
+    validation = json.loads((wd / "latency/validation.json").read_text())
+    assert validation["n"] == 3 == len(validation["entries"]) and validation["mean_abs_error_pct"] >= 0
+    assert (wd / "latency/validation.png").stat().st_size > 5000
+    finals = _finals(micro_run)
+    for method, final in finals.items():
+        assert final["latency_ms"] > 0, method
+        if method == "shufflenetv2":  # width-scaled: another space than the table's, measured only
+            assert final["predicted_latency_ms"] is None and "not the table's" in final["latency"]["note"]
+        else:
+            assert 0 < final["predicted_latency_ms"] <= 10000, method
+    # the bounded searches and the controls' EA record the prediction the bound read
+    for method in ("detnas", "synflow", "flops_max", "random_arch_1"):
+        chosen = json.loads((wd / method / "search/arch.json").read_text())
+        assert chosen["predicted_latency_ms"] == pytest.approx(finals[method]["predicted_latency_ms"]), method
+    table = pd.read_csv(wd / "comparison.csv", keep_default_na=False)
+    assert list(table.columns[4:7]) == ["backbone_params_m", "predicted_latency_ms", "latency_ms"]
+    assert all(v != "" for v in table["latency_ms"])
+
+
+@pytest.mark.slow
+def test_end_to_end_export_target_writes_onnx_checked_against_pytorch(micro_run, tmp_path):
+    """results/{experiment}/{method}/export/: the retrained detector and its backbone as ONNX, the
+    ONNX Runtime outputs on the experiment's test images within tolerance of PyTorch's."""
+    wd = clone_workdir(micro_run, tmp_path / "wd")
+    assert planned(wd, "results/shapes_fpn/synflow/export/detector.onnx") == {"export": 1}
+    snakemake(wd, "--cores", "2", "results/shapes_fpn/synflow/export/detector.onnx")
+    out = wd / "results/shapes_fpn/synflow/export"
+    record = json.loads((out / "export.json").read_text())
+    assert (out / "detector.onnx").stat().st_size > 10_000 and (out / "backbone.onnx").stat().st_size > 10_000
+    assert record["input_size"] == [64, 64] and record["exporter"] == "torchscript"
+    parity = record["parity"]
+    assert parity["passed"] and parity["images"] >= 1 and parity["detections_compared"] > 0
+    assert parity["max_box_abs_diff"] <= parity["box_tolerance_px"] and parity["max_score_diff"] <= 1e-4
+    assert parity["feature_max_diff"] <= 1e-4 and parity["label_agreement"] >= 0.9
+
+
+@pytest.mark.slow
 def test_end_to_end_mlflow_runs_and_report_command(micro_run):
     """One FINISHED evaluate run per method, found by MLflow's client and by the UI's own search;
     `python -m detnas report` prints the table and the command that opens the UI."""

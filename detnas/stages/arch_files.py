@@ -57,19 +57,50 @@ def run_fixed_arch(*, space: str, arch: str | None, uniform: int | None, scale_t
 
 
 def run_control_arch(*, space: str, control: str, min_mflops: float | None, max_mflops: float | None,
-                     out: Path) -> dict[str, Any]:
+                     out: Path, latency_table: Path | None = None, max_latency_ms: float | None = None,
+                     search: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``out``: the training-free control ``control`` (``flops_max``: the feasible architecture
-    with the most backbone MACs; ``params_max``: the most backbone parameters) under the FLOPs bounds."""
+    with the most backbone MACs; ``params_max``: the most backbone parameters) under the FLOPs bounds.
+
+    Exact under the FLOPs bounds alone (``detnas.proxies.control_arch``). With a latency bound
+    (``max_latency_ms`` over ``latency_table``) the feasible set is no longer a MACs interval, so the
+    control runs the search's EA (``search``: its population, generations, seed) with its count as the
+    fitness, like the proxies: the best feasible architecture that budget finds."""
     from ..proxies import control_arch
 
     search_space = get_space(space)
-    arch = control_arch(control, search_space, min_mflops=min_mflops, max_mflops=max_mflops)
     table = cost_table(search_space)
-    result = unsearched_arch(table, search_space, arch, control, control={"name": control, "min_mflops": min_mflops,
-                                                                           "max_mflops": max_mflops})
+    latency = _latency(latency_table, max_latency_ms, search_space)
+    how = "the feasible maximum"
+    if latency is None:
+        arch = control_arch(control, search_space, min_mflops=min_mflops, max_mflops=max_mflops)
+        evaluations = None
+    else:
+        import numpy as np
+
+        from ..latency import both
+        from ..search import best, run_search
+        from .search import StageSearchSettings
+
+        s = StageSearchSettings.from_dict({**(search or {}), "method": "detnas"})
+        count = table.backbone_macs if control == "flops_max" else table.backbone_params
+        history = run_search(search_space, lambda archs: [float(count(a)) for a in archs],
+                             both(table.within(min_mflops, max_mflops), latency.admits), s.algorithm(),
+                             np.random.default_rng(s.seed))
+        if not history:
+            raise ValueError(f"no architecture of space {space} satisfies the FLOPs bounds [{min_mflops}, "
+                             f"{max_mflops}] M and search.max_latency_ms {max_latency_ms}")
+        arch, evaluations = search_space.parse(best(history).arch), len(history)
+        how = f"the best of {evaluations} EA candidates (a latency bound: no exact enumeration)"
+    result = unsearched_arch(table, search_space, arch, control,
+                             control={"name": control, "min_mflops": min_mflops, "max_mflops": max_mflops,
+                                      "max_latency_ms": max_latency_ms, "evaluations": evaluations})
+    if latency is not None:
+        result["predicted_latency_ms"] = latency.table.backbone_ms(arch)
     write_json_atomic(result, out)
+    bound = "" if latency is None else f" and {max_latency_ms} ms"
     print(f"{control}: {arch} of space {space} ({result['mflops']:.1f} MFLOPs, {result['backbone_params_m']:.3f} M "
-          f"params), the feasible maximum under [{min_mflops or 0}, {max_mflops or 'inf'}] MFLOPs, no search")
+          f"params), {how} under [{min_mflops or 0}, {max_mflops or 'inf'}] MFLOPs{bound}, no training")
     return result
 
 
@@ -85,18 +116,38 @@ def run_published_arch(*, name: str, method: str, reference: bool, out: Path) ->
     return result
 
 
+def _latency(latency_table: Path | None, max_latency_ms: float | None, space: SearchSpace):
+    """The latency bound of ``--max-latency-ms`` over ``--latency-table`` (None without a bound)."""
+    if max_latency_ms is None:
+        return None
+    if latency_table is None:
+        raise ValueError("--max-latency-ms needs the experiment's latency table (--latency-table)")
+    from ..latency import latency_bound
+
+    return latency_bound(latency_table, space, max_latency_ms, "search.max_latency_ms")
+
+
 def run_random_arch(*, space: str, index: int, count: int, seed: int, min_mflops: float | None,
-                    max_mflops: float | None, out: Path) -> dict[str, Any]:
+                    max_mflops: float | None, out: Path, latency_table: Path | None = None,
+                    max_latency_ms: float | None = None) -> dict[str, Any]:
     """Write ``out``: the ``index``-th (1-based) of ``count`` distinct architectures drawn uniformly
-    (seeded) under the FLOPs bounds; the same seed draws the same ``count``."""
+    (seeded) under the FLOPs bounds (and the latency bound by ``latency_table``, where given); the
+    same seed draws the same ``count``."""
     search_space = get_space(space)
     table = cost_table(search_space)
     if not 1 <= index <= count:
         raise ValueError(f"--index must be in 1..{count}, got {index}")
     feasible = table.within(min_mflops, max_mflops)
+    latency = _latency(latency_table, max_latency_ms, search_space)
+    if latency is not None:
+        from ..latency import both
+
+        feasible = both(feasible, latency.admits)
     arch = random_architectures(search_space, count, feasible, seed)[index - 1]
     result = unsearched_arch(table, search_space, arch, f"random_arch_{index}",
                              random_archs={"index": index, "count": count, "seed": seed})
+    if latency is not None:
+        result["predicted_latency_ms"] = latency.table.backbone_ms(arch)
     write_json_atomic(result, out)
     print(f"random architecture {index} of {count} (seed {seed}): {arch} ({result['mflops']:.1f} MFLOPs)")
     return result

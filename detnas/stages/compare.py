@@ -22,6 +22,9 @@ __all__ = ["COLUMNS", "VIEW_METRICS", "method_view", "fmt_cell", "health_cell", 
 COLUMNS = ["method", "arch", "mflops", "backbone_params_m", "primary_metric", "primary_value", "AP", "AP50", "AP75",
            "APs", "APm", "APl", "top1", "search_fitness", "search_evaluations", "mlflow_run_id"]
 VOC_COLUMNS = ["mAP50_voc07", "mAP50_voc12"]  # VOC experiments only
+# an experiment with a latency table (its latency section): each backbone's latency on the deployment
+# device, the table's sum (predicted, what search.max_latency_ms bounds) and timed end to end (measured)
+LATENCY_COLUMNS = ["predicted_latency_ms", "latency_ms"]
 # the spread of the random architectures' row (empty for a single network)
 STD_COLUMNS = [f"{c}_std" for c in ("mflops", "primary_value", "AP", "AP50", "AP75", "APs", "APm", "APl", "top1",
                                     *VOC_COLUMNS)]
@@ -43,7 +46,7 @@ def random_archs_row(summary: dict[str, Any]) -> dict[str, Any]:
     its std in ``<column>_std``."""
     m = summary["metrics"]
     row: dict[str, Any] = {c: m[c]["mean"] if c in m else None for c in COLUMNS}
-    row.update({c: m[c]["mean"] for c in VOC_COLUMNS if c in m})  # VOC experiments only
+    row.update({c: m[c]["mean"] for c in VOC_COLUMNS + LATENCY_COLUMNS if c in m})  # where measured
     row.update({f"{c}_std": m[c]["std"] if c in m else None for c in (s.removesuffix("_std") for s in STD_COLUMNS)})
     flagged = summary.get("flagged") or {}
     row.update(method=f"random archs (n={summary['n']})", arch=None, mlflow_run_id=None,
@@ -153,7 +156,11 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     # a COCO experiment's table has no VOC columns, not even their empty spreads
     stds = [c for c in STD_COLUMNS if c.removesuffix("_std") not in VOC_COLUMNS or c.removesuffix("_std") in voc]
     table["health"] = [health_cell(r) for r in rows]
-    table = table[COLUMNS + voc + ["health"]].reindex(columns=COLUMNS + voc + stds + ["health"])
+    # after the backbone's cost, where any network has them (a scaled ShuffleNetV2 has no prediction: empty)
+    latency = [c for c in LATENCY_COLUMNS if c in table]
+    at = COLUMNS.index("backbone_params_m") + 1
+    columns = COLUMNS[:at] + latency + COLUMNS[at:] + voc
+    table = table[columns + ["health"]].reindex(columns=columns + stds + ["health"])
     networks = [network_description(r, max_mflops=max_mflops) for r in rows]
     if random_archs is not None:
         summary = read_json(random_archs)

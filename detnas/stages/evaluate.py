@@ -36,7 +36,8 @@ def _metric_key(prefix: str, name: str) -> str:
 
 
 # the network's figures in final.json that MLflow gets next to the detection metrics
-_COST_AND_CLASSIFIER = ("mflops", "backbone_params_m", "classifier_params_m", "top1")
+_COST_AND_CLASSIFIER = ("mflops", "backbone_params_m", "classifier_params_m", "top1", "predicted_latency_ms",
+                        "latency_ms")
 
 
 PICTURES = 4  # test images drawn with their detections
@@ -53,6 +54,14 @@ def _draw(data: DetectionImages, results: list[dict[str, Any]], classes: dict[in
         if r["image_id"] in found:
             found[r["image_id"]].append(r)
     plot_detections(images, truth, [found[i] for i in ids], classes, path, title=title)
+
+
+def _latency_fields(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    measured = read_json(path)
+    return {"predicted_latency_ms": measured.get("predicted_ms"), "latency_ms": measured.get("measured_ms"),
+            "latency": measured}
 
 
 def _tracked(final: dict[str, Any]) -> dict[str, float]:
@@ -87,6 +96,7 @@ def run_evaluate(
     detector_metrics: Path | None = None,
     pictures: Path | None = None,
     max_images: int | None = None,
+    latency: Path | None = None,
 ) -> None:
     """Evaluate on every test image (``max_images``: that many of them, drawn with seed 0: a
     rehearsal's); ``final.json`` gets the fields of PIPELINE.md, with ``test_images`` the images
@@ -98,6 +108,10 @@ def run_evaluate(
     paper's VOC metric) also computes both VOC figures and the per-class APs (``voc_per_class``),
     with difficult objects (``iscrowd: 1`` in the internal format) ignored; the COCOeval figures are
     always there. A figure that is undefined (no ground truth of that kind) is null.
+
+    ``latency``: the network's latency.json (``detnas.stages.latency.run_arch_latency``): final.json
+    carries its backbone's predicted (``predicted_latency_ms``, the table's sum) and measured
+    (``latency_ms``) latency on the deployment device, and the whole record as ``latency``.
 
     ``amp``, ``channels_last`` (``detnas.precision``): None takes the setting the detector was
     fine-tuned with (saved in its checkpoint; "auto" for a checkpoint without it), resolved for this
@@ -186,6 +200,7 @@ def run_evaluate(
             "search_seconds_per_candidate": chosen.get("seconds_per_candidate"),
             # a published architecture: its name and description, and whether it is a reference outside the budget
             **{k: chosen[k] for k in ("published", "description", "reference", "control") if k in chosen},
+            **_latency_fields(latency),
             "health": health,
             "mlflow_run_id": run.run_id,
         }

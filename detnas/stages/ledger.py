@@ -37,6 +37,9 @@ STAGES = {
     "search": "search (scoring supernet paths)",
     "retrain_pretrain": "retraining: the backbone as a classifier",
     "retrain_finetune": "retraining: the detector",
+    # each network's backbone timed on the deployment device (an experiment with a latency table; the
+    # table itself is measured for real by the rehearsal, as the split, and counted under data)
+    "latency": "measured latency of each network",
     "evaluate": "evaluation on the test split",
 }
 

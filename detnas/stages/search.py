@@ -44,6 +44,7 @@ from ..checkpoint import resume_key, stale_reason
 from ..distributed import Dist, init_distributed, peak_gpu_memory_mb, set_threads
 from ..flops import cost_table
 from ..formatting import fmt_number
+from ..latency import both, latency_bound
 from ..io import move_aside, read_json, write_json_atomic, write_text_atomic
 from ..plots import plot_search_curves
 from ..precision import Precision
@@ -69,6 +70,8 @@ class StageSearchSettings:
     crossovers: int | None = None  # likewise; random architectures fill the rest
     max_mflops: float | None = 300
     min_mflops: float | None = None
+    # the backbone's latency on the deployment device, from the experiment's latency table (None: no bound)
+    max_latency_ms: float | None = None
     recalibration_images: int = 500
     eval_images: int | None = None
     batch_size: int = 8
@@ -246,14 +249,20 @@ def run_search_stage(
     mlflow: dict[str, Any],
     threads: int,
     device: str = "auto",
+    latency_table: Path | None = None,
 ) -> None:
     """Search; write the chosen architecture (JSON), the full history (CSV) and the curves (PNG).
+
+    ``latency_table`` (``detnas.latency``; needed with settings ``max_latency_ms``): a candidate is
+    feasible when its backbone is also within the latency bound by the table's sum.
 
     detnas/random: ``supernet`` is the fine-tuned detection supernet, ``val_file`` the
     search-validation annotations, ``recal_file`` the supernet's training annotations. clsnas:
     ``supernet`` is the pre-trained classification supernet and ``val_file`` its split.json.
     """
     s = StageSearchSettings.from_dict(settings)
+    if s.max_latency_ms is not None and latency_table is None:
+        raise ValueError("search.max_latency_ms is set: give the experiment's latency table (--latency-table)")
     dist = init_distributed(device)
     precision = Precision.resolve(s.amp, s.channels_last, dist.device)
     set_threads(threads, dist.world_size)
@@ -279,7 +288,7 @@ def run_search_stage(
         # on failure no collective: the other ranks may be inside a generation's gather, and a
         # broadcast they do not expect would hang the job; the launcher ends them once this exits
         _lead(s, settings, space, scorer, dist, precision,
-              inputs={"supernet": supernet, "val": val_file, "recal": recal_file},
+              inputs={"supernet": supernet, "val": val_file, "recal": recal_file, "latency_table": latency_table},
               checkpoint_dir=checkpoint_dir, mlflow=mlflow,
               arch_out=arch_out, history_out=history_out, curve_out=curve_out, prep_seconds=prep_seconds)
         dist.broadcast_object(None)  # release the workers
@@ -306,7 +315,11 @@ def _lead(
 ) -> None:
     """Rank 0: run the EA, scoring generations across the ranks; write the outputs."""
     table = cost_table(space)
+    latency = (None if s.max_latency_ms is None else
+               latency_bound(inputs["latency_table"], space, s.max_latency_ms, "search.max_latency_ms"))
     feasible = table.within(s.min_mflops, s.max_mflops)
+    if latency is not None:
+        feasible = both(feasible, latency.admits)
 
     # scores are valid only for the exact supernet, images and precision that produced them: a folder
     # of other settings or other input content is wiped, so every candidate is scored anew
@@ -335,7 +348,8 @@ def _lead(
               f"already scored)", flush=True)
     budget = s.population * s.generations * s.repeats
     print(f"search {s.method}: space {space.name}, {s.repeats} repeat(s) of {s.population * s.generations} "
-          f"evaluations at most, FLOPs in [{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M, "
+          f"evaluations at most, FLOPs in [{s.min_mflops or 0}, {s.max_mflops or 'inf'}] M"
+          f"{'' if latency is None else f', backbone latency <= {s.max_latency_ms} ms ({latency.table.device})'}, "
           f"{dist.world_size} process(es) (amp {precision.amp}, {precision.memory_format}); images prepared in "
           f"{prep_seconds:.1f} s", flush=True)
 
@@ -370,7 +384,8 @@ def _lead(
                                  on_generation=on_generation)
             if not history:
                 raise ValueError(f"no architecture of space {space.name} satisfies the FLOPs bounds "
-                                 f"[{s.min_mflops}, {s.max_mflops}] M")
+                                 f"[{s.min_mflops}, {s.max_mflops}] M"
+                                 + ("" if latency is None else f" and search.max_latency_ms {s.max_latency_ms}"))
             histories.append(history)
         # the best over every repeat: more search, same fitness function (the images do not change)
         chosen = best([c for h in histories for c in h])
@@ -387,6 +402,7 @@ def _lead(
             "fitness_metric": s.method if s.proxy else "top1" if s.method == "clsnas" else "AP",
             "mflops": table.backbone_macs(arch) / 1e6,
             "backbone_params_m": table.backbone_params(arch) / 1e6,
+            "predicted_latency_ms": None if latency is None else latency.table.backbone_ms(arch),
             "evaluations": sum(len(h) for h in histories),
             "distinct_evaluations": len({c.arch for h in histories for c in h}),
             "generations": max(c.generation for c in histories[0]) + 1,

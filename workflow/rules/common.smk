@@ -7,11 +7,13 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
+import yaml
 from snakemake.logging import logger
 
 R = "results"
@@ -197,6 +199,8 @@ def config_problems():
                             f" (known: {', '.join(config['pretrain'])})")
         else:
             problems += _flops_problems(f"{where}.search", e["search"], config["pretrain"][e["pretrain"]]["space"])
+            problems += _latency_problems(name, f"{where}.search", e["search"],
+                                          config["pretrain"][e["pretrain"]]["space"])
             problems += published_problems(name, e)
         s = e["search"]
         if s["parents"] > s["population"]:
@@ -273,6 +277,52 @@ def _flops_problems(where, search, space):
     elif low is not None and high is not None and low > high:
         problems.append(f"{where}.min_mflops: {low} is above max_mflops ({high})")
     return problems
+
+
+def latency_settings(name):
+    """The experiment's latency section with the schema's defaults (its input size: the detector's
+    min_size unless given), or None when it has none and no search.max_latency_ms bound."""
+    e = experiment(name)
+    given = e.get("latency")
+    if given is None and e["search"]["max_latency_ms"] is None:
+        return None
+    settings = {**_LATENCY_DEFAULTS, **(given or {})}
+    if settings["input_size"] is None:
+        settings["input_size"] = e["detector"]["min_size"]
+    return settings
+
+
+def _latency_schema_defaults():
+    schema = yaml.safe_load((Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["experiments"]["additionalProperties"]["properties"]["latency"]["properties"]
+    # x-default, not default: Snakemake's validate would fill defaults into a null section
+    return {k: v.get("x-default") for k, v in props.items()}
+
+
+_LATENCY_DEFAULTS = _latency_schema_defaults()
+
+
+def _latency_problems(name, where, search, space):
+    """search.max_latency_ms admits an architecture by the experiment's latency table, once the table
+    is measured (results/<experiment>/latency/table.json: the bounds of detnas.latency.LatencyTable,
+    read from its JSON without importing torch); before that, the search's first step checks the same
+    and fails with the same line."""
+    bound = search["max_latency_ms"]
+    path = Path(f"{R}/{name}/latency/table.json")
+    if bound is None or not path.exists():
+        return []
+    try:
+        t = json.loads(path.read_text())
+        rows = t["ms"]
+        lo = t["scale"] * (t["stem_ms"] + sum(min(row) for row in rows) + t["tail_ms"])
+        hi = t["scale"] * (t["stem_ms"] + sum(max(row) for row in rows) + t["tail_ms"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a broken table is remeasured (or refused with its file named) by the jobs
+    if t.get("space") != space or bound >= lo:
+        return []
+    return [f"{where}.max_latency_ms: {bound} admits no architecture (latency table {path}: fastest backbone "
+            f"{math.ceil(lo * 1000) / 1000} ms, slowest {math.floor(hi * 1000) / 1000} ms on {t.get('device')}, "
+            f"{t.get('threads')} thread(s), {t.get('input_size')} px, batch {t.get('batch_size')})"]
 
 
 _BOUNDS_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "detnas" / "space_bounds.json"

@@ -12,8 +12,8 @@ def _rule_gpus(name):
     else:
         resources = workflow.get_rule(name).resources
         value = resources.get("gpu") if "gpu" in resources.keys() else 0
-    value = getattr(value, "value", value)  # a Resource("gpu", N) as Snakemake holds it
     try:
+        value = getattr(value, "value", value)  # a Resource("gpu", N) as Snakemake holds it
         return int(value)
     except (TypeError, ValueError):
         return 0
@@ -28,9 +28,13 @@ def ledger_jobs(name):
     rows = compared_methods(name) + (["random archs"] if e["random_archs"]["count"] else [])
     jobs = []
 
-    def job(stage, rule, label, methods, wildcards):
-        jobs.append({"stage": stage, "name": label, "methods": methods, "gpus": _rule_gpus(rule),
-                     "benchmark": f"{b}/{rule}/{wildcards}.tsv"})
+    def job(stage, rule, label, methods, wildcards, gpus=None):
+        jobs.append({"stage": stage, "name": label, "methods": methods,
+                     "gpus": _rule_gpus(rule) if gpus is None else gpus, "benchmark": f"{b}/{rule}/{wildcards}.tsv"})
+
+    latency = latency_settings(name)
+    latency_gpus = None if latency is None or "gpu" in (workflow.resource_settings.overwrite_resources or {}).get(
+        "latency_table", {}) else int(latency["device"] == "cuda")
 
     det, cls = e["data"], pretrain_run(e["pretrain"])["data"]
     if detection_data(det)["type"] == "synthetic":
@@ -39,6 +43,8 @@ def ledger_jobs(name):
     if classification_data(cls)["type"] == "synthetic":
         job("data", "synthesize_classification", f"synthesize {cls}", rows, cls)
     job("data", "split_classification", f"split {cls}", rows, cls)
+    if latency_settings(name) is not None:  # measured for real by the rehearsal, as the split
+        job("data", "latency_table", "latency table", rows, name, gpus=latency_gpus)
     job("pretrain_supernet", "pretrain_supernet", f"pretrain supernet {e['pretrain']}", supernet_methods, e["pretrain"])
     job("finetune_supernet", "finetune_supernet", "finetune supernet (pretrained)", ["detnas", "random"], f"{name}_pretrained")
     job("finetune_supernet", "finetune_supernet", "finetune supernet (scratch)", ["scratch"], f"{name}_scratch")
@@ -60,6 +66,8 @@ def ledger_jobs(name):
         row = ["random archs"] if m.startswith("random_arch_") else [m]
         job("retrain_pretrain", "retrain_pretrain", f"retrain {m} (classifier)", row, f"{name}_{m}")
         job("retrain_finetune", "retrain_finetune", f"retrain {m} (detector)", row, f"{name}_{m}")
+        if latency_settings(name) is not None:
+            job("latency", "arch_latency", f"latency {m}", row, f"{name}_{m}", gpus=latency_gpus)
         job("evaluate", "evaluate", f"evaluate {m}", row, f"{name}_{m}")
     return jobs
 

@@ -290,6 +290,9 @@ def plan_jobs(name):
                 size["rehearsal"] = f"search_{method}"
         elif job["stage"] == "evaluate":
             size["images"] = None
+        elif job["stage"] == "latency":
+            size["validation"] = f"{R}/{name}/latency/validation.json"
+            size["table_benchmark"] = f"{R}/benchmarks/latency_table/{name}.tsv"
         out.append({**job, **size})
     return out
 
@@ -307,6 +310,8 @@ def plan_profile():
 rule plan:
     input:
         rehearsals=lambda w: [f"{R}/{w.experiment}/rehearsal/{s}.json" for s in rehearsed(w.experiment)],
+        # the latency table, measured for real (minutes at most; a latency bound's searches need it)
+        latency=lambda w: [latency_table_file(w.experiment)] if latency_settings(w.experiment) is not None else [],
     output:
         json=f"{R}/{{experiment}}/plan.json",
         md=report(f"{R}/{{experiment}}/plan.md", caption="../report/plan.rst", category="{experiment}",

@@ -20,10 +20,13 @@ def random_arch_args(w):
     # drawn as the i-th of i: the first i of N are the same for any N >= i, so raising the count adds
     # networks without retraining the ones already there
     return " ".join([f"--space {pretrain_run(e['pretrain'])['space']} --index {i} --count {i}",
-                     f"--seed {e['random_archs']['seed']}"] + [f"{k} {v}" for k, v in bounds.items() if v is not None])
+                     f"--seed {e['random_archs']['seed']}"] + [f"{k} {v}" for k, v in bounds.items() if v is not None]
+                    + [latency_args(w.experiment)])
 
 
 rule random_arch:
+    input:
+        unpack(lambda w: latency_input(w.experiment)),
     output:
         arch=f"{R}/{{experiment}}/random_arch_{{i}}/search/arch.json",
     wildcard_constraints:

@@ -106,6 +106,8 @@ def evaluate_input(w):
         "classifier": f"{d}/retrain/classifier_metrics.json",
         "detector_metrics": f"{d}/retrain/detector_metrics.json",
         "test": f"{det_dir(experiment(w.experiment)['data'])}/test.json",
+        # an experiment with a latency table: the network's predicted and measured latency
+        **({"latency": f"{d}/latency.json"} if latency_settings(w.experiment) is not None else {}),
     }
 
 
@@ -134,6 +136,7 @@ rule evaluate:
         info=evaluate_info,
         primary=primary_metric,
         batch_size=lambda w: experiment(w.experiment)["finetune"]["eval_batch_size"],
+        latency_arg=lambda w, input: f"--latency {input.latency}" if "latency" in input.keys() else "",
         mlflow=lambda w: mlflow_run(w.experiment, "evaluate", f"final {w.get('method', 'detnas')}", w,
                                     **experiment_tags(w.experiment, method=w.get("method", "detnas"))),
     threads: JOB_THREADS
@@ -145,7 +148,7 @@ rule evaluate:
         "python -m detnas evaluate --detector {input.detector} --test {input.test} --arch-file {input.arch}"
         " --classifier-metrics {input.classifier} --detector-metrics {input.detector_metrics}"
         " --out {output.final} --pictures {output.pictures} --info {params.info:q}"
-        " --primary {params.primary} --batch-size {params.batch_size} --threads {threads}"
+        " --primary {params.primary} --batch-size {params.batch_size} --threads {threads} {params.latency_arg}"
         " --mlflow {params.mlflow:q} > {log} 2>&1"
 
 
@@ -159,3 +162,27 @@ use rule evaluate as evaluate_detnas with:
         f"{R}/logs/evaluate/{{experiment}}_detnas.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{experiment}}_detnas.tsv"
+
+
+# The retrained detector as ONNX (python -m detnas export): the whole detector at the experiment's
+# fixed input size and the backbone alone with its weights, checked against PyTorch with ONNX Runtime
+# on the experiment's test images (export.json: the figures). Needs the `export` extra (onnx,
+# onnxruntime). Not part of `all`: ask for results/{experiment}/{method}/export/detector.onnx.
+rule export:
+    input:
+        detector=f"{R}/{{experiment}}/{{method}}/retrain/detector.pt",
+        test=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/test.json",
+    output:
+        detector=f"{R}/{{experiment}}/{{method}}/export/detector.onnx",
+        backbone=f"{R}/{{experiment}}/{{method}}/export/backbone.onnx",
+        record=f"{R}/{{experiment}}/{{method}}/export/export.json",
+    wildcard_constraints:
+        method=f"detnas|{RETRAINED_RE}",
+    threads: JOB_THREADS
+    log:
+        f"{R}/logs/export/{{experiment}}_{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/export/{{experiment}}_{{method}}.tsv"
+    shell:
+        "python -m detnas export --checkpoint {input.detector} --test {input.test}"
+        " --out {R}/{wildcards.experiment}/{wildcards.method}/export --threads {threads} > {log} 2>&1"

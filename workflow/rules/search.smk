@@ -9,12 +9,14 @@ def search_input(w):
         return {
             "supernet": f"{pretrain_dir(e['pretrain'])}/supernet.pt",
             "val": f"{cls_dir(pretrain_run(e['pretrain'])['data'])}/split.json",
+            **latency_input(w.experiment),
         }
     init = "scratch" if w.method == "scratch" else "pretrained"
     return {
         "supernet": f"{R}/{w.experiment}/supernet_{init}/supernet.pt",
         "val": f"{det_dir(e['data'])}/search_val.json",
         "recal": f"{det_dir(e['data'])}/supernet_train.json",
+        **latency_input(w.experiment),
     }
 
 
@@ -36,6 +38,7 @@ rule search:
     params:
         settings=lambda w: as_json(search_settings(w.experiment, w.method)),
         recal_arg=lambda w, input: f"--recal {input.recal}" if "recal" in input.keys() else "",
+        latency_arg=lambda w, input: f"--latency-table {input.latency}" if "latency" in input.keys() else "",
         mlflow=lambda w: mlflow_run(w.experiment, "search", f"search {w.method}", w,
                                     **experiment_tags(w.experiment, method=w.method)),
     threads: JOB_THREADS
@@ -47,7 +50,7 @@ rule search:
         f"{R}/benchmarks/search/{{experiment}}_{{method}}.tsv"
     shell:
         "python -m detnas.launch --nproc {resources.gpu} search --settings {params.settings:q}"
-        " --supernet {input.supernet} --val {input.val} {params.recal_arg} --arch-out {output.arch}"
+        " --supernet {input.supernet} --val {input.val} {params.recal_arg} {params.latency_arg} --arch-out {output.arch}"
         " --history {output.history} --curve {output.curve}"
         " --checkpoint-dir {R}/{wildcards.experiment}/{wildcards.method}/search/checkpoints"
         " --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"

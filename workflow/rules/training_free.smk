@@ -24,8 +24,10 @@ def proxy_settings(name, method):
 
 rule proxy_search:
     input:
-        # the data-dependent proxies' batches (naswot, zico): the supernet's training annotations
-        train=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/supernet_train.json",
+        # the data-dependent proxies' batches (naswot, zico): the supernet's training annotations;
+        # the latency table of a max_latency_ms bound
+        unpack(lambda w: {"train": f"{det_dir(experiment(w.experiment)['data'])}/supernet_train.json",
+                          **latency_input(w.experiment)}),
     output:
         arch=f"{R}/{{experiment}}/{{method}}/search/arch.json",
         history=f"{R}/{{experiment}}/{{method}}/search/history.csv",
@@ -34,6 +36,7 @@ rule proxy_search:
         method="|".join(PROXY_METHODS),
     params:
         settings=lambda w: as_json(proxy_settings(w.experiment, w.method)),
+        latency_arg=lambda w, input: f"--latency-table {input.latency}" if "latency" in input.keys() else "",
         mlflow=lambda w: mlflow_run(w.experiment, "search", f"search {w.method}", w,
                                     **experiment_tags(w.experiment, method=w.method)),
     threads: JOB_THREADS
@@ -44,7 +47,8 @@ rule proxy_search:
     benchmark:
         f"{R}/benchmarks/proxy_search/{{experiment}}_{{method}}.tsv"
     shell:
-        "python -m detnas search --settings {params.settings:q} --val {input.train} --arch-out {output.arch}"
+        "python -m detnas search --settings {params.settings:q} --val {input.train} {params.latency_arg}"
+        " --arch-out {output.arch}"
         " --history {output.history} --curve {output.curve}"
         " --checkpoint-dir {R}/{wildcards.experiment}/{wildcards.method}/search/checkpoints"
         " --threads {threads} --mlflow {params.mlflow:q} > {log} 2>&1"
@@ -54,11 +58,16 @@ def control_args(w):
     e = experiment(w.experiment)
     s = e["search"]
     bounds = {"--min-mflops": s["min_mflops"], "--max-mflops": s["max_mflops"]}
+    # under a latency bound the control is the best its EA finds with the search's budget and seed
+    search = f"--search-settings {shlex.quote(as_json(s))}" if s["max_latency_ms"] is not None else ""
     return " ".join([f"--space {pretrain_run(e['pretrain'])['space']}"]
-                    + [f"{k} {v}" for k, v in bounds.items() if v is not None])
+                    + [f"{k} {v}" for k, v in bounds.items() if v is not None]
+                    + [latency_args(w.experiment), search])
 
 
 rule control_arch:
+    input:
+        unpack(lambda w: latency_input(w.experiment)),
     output:
         arch=f"{R}/{{experiment}}/{{method}}/search/arch.json",
     wildcard_constraints:
