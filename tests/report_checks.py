@@ -47,6 +47,8 @@ def expected_results(config: dict[str, Any]) -> dict[str, tuple[str, str]]:
     }
     for init in ("pretrained", "scratch"):
         expected[f"{d}/supernet_{init}/curves.png"] = (name, "training curves")
+    if e.get("latency") is not None or (e.get("search") or {}).get("max_latency_ms") is not None:
+        expected[f"{d}/latency/validation.png"] = (name, "latency")  # the latency table against whole backbones
     for method in METHODS + randoms:
         for half in ("classifier", "detector"):
             expected[f"{d}/{method}/retrain/{half}_curves.png"] = (name, "training curves")

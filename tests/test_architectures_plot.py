@@ -94,8 +94,8 @@ def test_workflow_plans_the_figure(tmp_path):
     wd = make_workdir(tmp_path)
     jobs = planned(wd, "results/shapes_fpn/architectures.png")
     assert jobs["architectures"] == 1
-    # the searches, the hand-crafted baseline and the two random architectures of the micro config
-    assert jobs["search"] == 4 and jobs["handcrafted_arch"] == 1 and jobs["random_arch"] == 2
+    # the searches, the hand-crafted baseline and the three random architectures of the micro config
+    assert jobs["search"] == 4 and jobs["handcrafted_arch"] == 1 and jobs["random_arch"] == 3
     assert "retrain_finetune" not in jobs  # the chosen architectures, not their training
 
 

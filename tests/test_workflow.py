@@ -188,6 +188,35 @@ def test_end_to_end_export_target_writes_onnx_checked_against_pytorch(micro_run,
 
 
 @pytest.mark.slow
+def test_end_to_end_detect_on_the_test_images_evaluates_to_the_evaluate_stages_ap(micro_run, tmp_path):
+    """`python -m detnas detect` on the micro experiment's test images: its detections.json, loaded
+    by pycocotools against the test split, gives the AP the evaluate stage wrote."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    wd = micro_run
+    test = wd / "results/data/detection/shapes/test.json"
+    images = wd / "results/data/detection/shapes/source/images/test"
+    out = tmp_path / "detect"
+    proc = subprocess.run([sys.executable, "-m", "detnas", "detect", "--checkpoint",
+                           str(wd / "results/shapes_fpn/synflow/retrain/detector.pt"), str(images),
+                           "--classes-from", str(test), "--out", str(out), "--threads", "1"],
+                          capture_output=True, text=True, cwd=wd)
+    assert proc.returncode == 0, proc.stderr
+    gt = COCO(str(test))
+    detections = json.loads((out / "detections.json").read_text())
+    assert {d["image_id"] for d in detections} <= set(gt.getImgIds())
+    ap = 0.0  # pycocotools cannot load an empty result list: no detection scores 0
+    if detections:
+        evaluation = COCOeval(gt, gt.loadRes(str(out / "detections.json")), "bbox")
+        evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+        ap = max(float(evaluation.stats[0]), 0.0)
+    final = json.loads((wd / "results/shapes_fpn/synflow/final.json").read_text())
+    assert ap == pytest.approx(final["AP"], abs=1e-12)
+    assert len(list(out.glob("*.jpg"))) == len(gt.getImgIds())
+
+
+@pytest.mark.slow
 def test_end_to_end_mlflow_runs_and_report_command(micro_run):
     """One FINISHED evaluate run per method, found by MLflow's client and by the UI's own search;
     `python -m detnas report` prints the table and the command that opens the UI."""
@@ -228,8 +257,10 @@ def test_end_to_end_rerun_does_nothing_and_a_search_setting_reruns_what_follows(
     wd = clone_workdir(micro_run, tmp_path / "wd")
     assert planned(wd) == {}
     edit_config(wd, "      population: 4\n", "      population: 3\n")
-    # the proxies' searches share the EA's settings (the controls enumerate: unchanged)
-    assert planned(wd) == {"search": 4, "proxy_search": 4, "retrain_pretrain": 8, "retrain_finetune": 8, "evaluate": 7,
+    # the proxies' searches share the EA's settings, and so do the controls under the micro config's
+    # latency bound (its EA); each rerun network's latency is measured again
+    assert planned(wd) == {"search": 4, "proxy_search": 4, "control_arch": 2, "retrain_pretrain": 10,
+                           "retrain_finetune": 10, "arch_latency": 10, "evaluate": 9,
                            "evaluate_detnas": 1, "ledger": 1, "compare": 1, "search_curves": 1, "ranking": 1,
                            "architectures": 1, "all": 1}
 

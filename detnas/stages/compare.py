@@ -170,7 +170,7 @@ def run_compare(*, finals: list[Path], histories: dict[str, Path], csv_out: Path
     table["vs_random_archs"] = noise_yardstick(table)
     # a published architecture retrained as a reference outside the experiment's budget (reference_<name>)
     table.insert(table.columns.get_loc("health"), "outside_budget",
-                 ["yes" if r.get("reference") else "" for r in rows] + [""] * (len(table) - len(rows)))
+                 ["yes" if r.get("reference") else None for r in rows] + [None] * (len(table) - len(rows)))
     costs = read_json(ledger)["methods"] if ledger is not None else {}
     row_names = ["random archs" if str(m).startswith("random archs") else m for m in table["method"]]
     for column, key in (("cost_gpu_h", "gpu_h"), ("cost_wall_h", "wall_h")):

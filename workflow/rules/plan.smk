@@ -106,6 +106,7 @@ def rehearsal_search_settings(name, method="detnas"):
 
 rule rehearse_search:
     input:
+        unpack(lambda w: latency_input(w.experiment)),  # a max_latency_ms bound reads the real table
         val=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/search_val.json",
         recal=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/supernet_train.json",
         finetuned=f"{R}/{{experiment}}/rehearsal/finetune_supernet.json",
@@ -116,6 +117,7 @@ rule rehearse_search:
         supernet=lambda w: f"{rehearsal_dir(w.experiment)}/finetune_supernet/supernet.pt",
         settings=lambda w: as_json(rehearsal_search_settings(w.experiment)),
         mlflow=lambda w: rehearsal_mlflow(w, "search"),
+        latency_arg=lambda w, input: f"--latency-table {input.latency}" if "latency" in input.keys() else "",
     threads: JOB_THREADS
     resources:
         gpu=0,
@@ -126,12 +128,13 @@ rule rehearse_search:
         + " python -m detnas.launch --nproc {resources.gpu} search --settings {params.settings:q}"
         " --supernet {params.supernet} --val {input.val} --recal {input.recal} --arch-out {params.d}/arch.json"
         " --history {params.d}/history.csv --curve {params.d}/curve.png --checkpoint-dir {params.d}/checkpoints"
-        " --threads {threads} --mlflow {params.mlflow:q}"
+        " --threads {threads} {params.latency_arg} --mlflow {params.mlflow:q}"
 
 
 rule rehearse_search_clsnas:
     # ClsNAS scores paths of the pre-trained supernet by top-1 on the held-out classification images
     input:
+        unpack(lambda w: latency_input(w.experiment)),  # a max_latency_ms bound reads the real table
         split=lambda w: f"{cls_dir(pretrain_run(experiment(w.experiment)['pretrain'])['data'])}/split.json",
         pretrained=f"{R}/{{experiment}}/rehearsal/pretrain_supernet.json",
     output:
@@ -141,6 +144,7 @@ rule rehearse_search_clsnas:
         supernet=lambda w: f"{rehearsal_dir(w.experiment)}/pretrain_supernet/supernet.pt",
         settings=lambda w: as_json(rehearsal_search_settings(w.experiment, "clsnas")),
         mlflow=lambda w: rehearsal_mlflow(w, "search_clsnas"),
+        latency_arg=lambda w, input: f"--latency-table {input.latency}" if "latency" in input.keys() else "",
     threads: JOB_THREADS
     resources:
         gpu=0,
@@ -151,12 +155,13 @@ rule rehearse_search_clsnas:
         + " python -m detnas.launch --nproc {resources.gpu} search --settings {params.settings:q}"
         " --supernet {params.supernet} --val {input.split} --arch-out {params.d}/arch.json"
         " --history {params.d}/history.csv --curve {params.d}/curve.png --checkpoint-dir {params.d}/checkpoints"
-        " --threads {threads} --mlflow {params.mlflow:q}"
+        " --threads {threads} {params.latency_arg} --mlflow {params.mlflow:q}"
 
 
 rule rehearse_search_proxy:
     # a proxy search (training_free.smk) scores each candidate's own fresh network: its own cost
     input:
+        unpack(lambda w: latency_input(w.experiment)),  # a max_latency_ms bound reads the real table
         train=lambda w: f"{det_dir(experiment(w.experiment)['data'])}/supernet_train.json",
     output:
         out=f"{R}/{{experiment}}/rehearsal/search_{{proxy}}.json",
@@ -167,6 +172,7 @@ rule rehearse_search_proxy:
         settings=lambda w: as_json({**proxy_settings(w.experiment, w.proxy), "population": REHEARSAL_CANDIDATES,
                                     "parents": 1, "generations": 1, "repeats": 1}),
         mlflow=lambda w: rehearsal_mlflow(w, f"search_{w.proxy}"),
+        latency_arg=lambda w, input: f"--latency-table {input.latency}" if "latency" in input.keys() else "",
     threads: JOB_THREADS
     resources:
         gpu=0,
@@ -176,7 +182,7 @@ rule rehearse_search_proxy:
         _rehearse("search_{wildcards.proxy}", "{output.out}", "{log}", "--arch-file {params.d}/arch.json")
         + " python -m detnas search --settings {params.settings:q} --val {input.train} --arch-out {params.d}/arch.json"
         " --history {params.d}/history.csv --curve {params.d}/curve.png --checkpoint-dir {params.d}/checkpoints"
-        " --threads {threads} --mlflow {params.mlflow:q}"
+        " --threads {threads} {params.latency_arg} --mlflow {params.mlflow:q}"
 
 
 rule rehearse_retrain_pretrain:
