@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,9 +69,23 @@ def micro_run(tmp_path_factory) -> Path:
     """The micro workflow (tests/data/micro_config.yaml), every target, run once per test session.
     Tests that only read its outputs share this folder and must not change it; a test that edits
     the config, deletes outputs or reruns jobs works on ``workflow.clone_workdir(micro_run, ...)``."""
+    import fcntl
+
     from workflow import run_micro
 
-    return run_micro(tmp_path_factory.mktemp("micro") / "wd")
+    # one run for the whole session: under pytest-xdist every worker's base folder is a child of the
+    # session's, so the first worker that needs it runs it (holding the lock) and the others wait for
+    # it instead of running the same DAG again beside it
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    dest, done = shared / "micro_shared", shared / "micro_shared.done"
+    with open(shared / "micro_shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            run_micro(dest / "wd")
+            done.write_text("ok\n")
+    return dest / "wd"
 
 
 @pytest.fixture(scope="session")

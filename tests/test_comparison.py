@@ -149,3 +149,26 @@ def test_panels_do_not_magnify_a_difference_in_the_fourth_decimal(monkeypatch):
     # the unit on the metric panels, the rows' descriptions in the key below
     assert ap.get_title() == "test AP (0-1)" and "0-1" in top1.get_title() and "0-1" in search.get_title()
     assert [t.get_text() for t in figures[0].legends[0].get_texts()] == ["detnas: a", "random: b"]
+
+
+def test_latency_columns_follow_the_backbone_cost_where_measured(tmp_path):
+    """An experiment with a latency table: each row's predicted and measured backbone latency after
+    its parameters (a width-scaled ShuffleNetV2 has no prediction: empty), the random architectures'
+    row their mean; an experiment without one has neither column."""
+    latency = {m: {"predicted_latency_ms": None if m == "shufflenetv2" else 2.0 + i / 10, "latency_ms": 2.1 + i / 10}
+               for i, m in enumerate(METHODS)}
+    finals = [_final(tmp_path, m, 0.3, **latency[m]) for m in METHODS]
+    archs = [_final(tmp_path / f"ra{i}", f"random_arch_{i}", 0.2, predicted_latency_ms=1.0 + i, latency_ms=1.5 + i)
+             for i in (1, 2)]
+    summary = tmp_path / "summary.json"
+    run_random_archs_summary(finals=archs, out=summary, experiment="x", mlflow=MLFLOW)
+    csv = tmp_path / "comparison.csv"
+    run_compare(finals=finals, histories={}, csv_out=csv, png_out=tmp_path / "comparison.png", experiment="x",
+                mlflow=MLFLOW, random_archs=summary, max_mflops=40.0)
+    rows = pd.read_csv(csv).set_index("method")
+    assert list(rows.columns[3:6]) == ["backbone_params_m", "predicted_latency_ms", "latency_ms"]
+    assert pd.isna(rows.loc["shufflenetv2", "predicted_latency_ms"]) and rows.loc["shufflenetv2", "latency_ms"] == 2.5
+    assert rows.loc["detnas", "predicted_latency_ms"] == 2.0 and rows.loc["detnas", "latency_ms"] == 2.1
+    assert rows.loc["random archs (n=2)", "predicted_latency_ms"] == 2.5 and rows.loc["random archs (n=2)", "latency_ms"] == 3.0
+    _, plain = _compare(tmp_path / "plain")
+    assert "latency_ms" not in pd.read_csv(plain).columns

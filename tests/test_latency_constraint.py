@@ -117,7 +117,9 @@ def test_impossible_bound_fails_the_dry_run_with_its_key_path(tmp_path):
     table = _table()
     write_json_atomic(table.to_json(), wd / "results" / "shapes_fpn" / "latency" / "table.json")
     lo = table.bounds()[0]
-    edit_config(wd, "      max_latency_ms: 10000\n", f"      max_latency_ms: {lo / 2}\n")
+    # the micro config has no latency section: the bound alone brings the defaults (1 thread, batch 1,
+    # the detector's 64 px), the hand-made table's settings
+    edit_config(wd, "      max_mflops: 40\n", f"      max_mflops: 40\n      max_latency_ms: {lo / 2}\n")
     proc = snakemake(wd, "-n", check=False)
     assert proc.returncode != 0
     line = next(x for x in (proc.stderr + proc.stdout).splitlines() if "max_latency_ms" in x)

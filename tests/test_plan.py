@@ -297,3 +297,25 @@ def test_plan_accuracy_compares_predicted_and_measured_seconds(tmp_path):
     assert [r["stage"] for r in rows] == ["retrain_finetune", "total"]
     assert rows[0]["jobs"] == 3 and rows[0]["measured_s"] == 25250 and rows[0]["predicted_s"] == pytest.approx(30300)
     assert rows[-1]["error_pct"] == pytest.approx(20.0)
+
+
+def test_each_networks_latency_job_is_predicted_from_the_latency_table_job(tmp_path):
+    """A network's latency job: the table job's start-up (its benchmark's seconds less the table's and
+    the validation's own) plus one validation backbone's share; before the table exists, none, and the
+    plan says so."""
+    from detnas.stages.plan import predict_job
+
+    bench = tmp_path / "latency_table.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\tcpu_time\n20.0\t0:00:20\t500\t19\n")
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps({"table_seconds": 12.0, "validation_seconds": 4.0, "n": 10}))
+    job = {"stage": "latency", "name": "latency detnas", "methods": ["detnas"], "gpus": 0,
+           "benchmark": str(tmp_path / "arch_latency.tsv"), "validation": str(validation),
+           "table_benchmark": str(bench)}
+    assert predict_job(job, None) == pytest.approx(20.0 - 12.0 - 4.0 + 4.0 / 10)
+    missing = {**job, "validation": str(tmp_path / "none.json")}
+    assert predict_job(missing, None) is None
+    plan = make_plan(jobs=[missing], rehearsals={}, profile={"parallel_jobs": 1}, experiment="x")
+    (stage,) = plan["stages"]
+    assert stage["stage"] == "latency" and stage["status"] == "not run"
+    assert any("latency table is not measured yet" in f for f in plan["flags"])
