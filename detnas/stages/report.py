@@ -44,8 +44,11 @@ def comparison_text(df: pd.DataFrame, primary: str) -> str:
     if "primary_value" in df:  # a row without it (e.g. a summary row) falls back to the named column
         values = df["primary_value"].fillna(values)
     extra = [c for c in ("mAP50_voc07", "mAP50_voc12", "AP", "AP50", "APs", "APm", "APl") if c in df and c != primary]
-    shown = pd.concat([df[["method", "arch", "mflops"]], pd.DataFrame({primary: values}, index=df.index),
+    # an experiment with a latency table: the backbone's latency (ms) predicted by it and measured
+    latency = [c for c in ("predicted_latency_ms", "latency_ms") if c in df]
+    shown = pd.concat([df[["method", "arch", "mflops", *latency]], pd.DataFrame({primary: values}, index=df.index),
                        df[[*extra, "top1"]]], axis=1).astype(object)
+    shown = shown.rename(columns={"predicted_latency_ms": "pred ms", "latency_ms": "ms"})
     for col in shown.columns[2:]:
         std = df.get("primary_value_std" if col == primary else f"{col}_std")
         for i in [] if std is None else df.index[std.notna()]:

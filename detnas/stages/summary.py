@@ -58,6 +58,9 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
                **{c: _cell(table, i, c, f"{c}_std") for c in extra if c in table},
                "MFLOPs": _cell(table, i, "mflops", "mflops_std", decimals=1),
                "params (M)": _cell(table, i, "backbone_params_m", decimals=3),
+               **({"latency predicted (ms)": _cell(table, i, "predicted_latency_ms", decimals=2),
+                   "latency measured (ms)": _cell(table, i, "latency_ms", decimals=2)}
+                  if "latency_ms" in table else {}),
                "top-1": _cell(table, i, "top1", "top1_std"),
                "vs random archs": table.at[i, "vs_random_archs"] if "vs_random_archs" in table else "-",
                **({"GPU-hours": _cell(table, i, "cost_gpu_h", decimals=2),
