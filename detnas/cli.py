@@ -381,12 +381,9 @@ def _latency_table(args: argparse.Namespace) -> int:
         if not categories:
             raise ValueError(f"{args.classes_from}: no categories (not a detection annotation file)")
         num_classes = len(categories)
-    run_latency_table(space=args.space, input_size=s.get("input_size"), batch_size=s.get("batch_size", 1),
-                      device=s.get("device", "cpu"), threads=args.threads or s.get("threads", 1),
-                      repeats=s.get("repeats", 15), warmup=s.get("warmup", 5),
-                      block_seconds=s.get("block_seconds", 0.01), calibration_archs=s.get("calibration_archs", 10),
-                      validate=s.get("validate", 10), seed=s.get("seed", 0), detector=args.detector,
-                      num_classes=num_classes, out=args.out, validation_out=args.validation, plot_out=args.png)
+    run_latency_table(space=args.space, settings={**s, **({"threads": args.threads} if args.threads else {})},
+                      detector=args.detector, num_classes=num_classes, out=args.out, validation_out=args.validation,
+                      plot_out=args.png)
     return 0
 
 

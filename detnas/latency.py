@@ -278,17 +278,27 @@ class LatencyTable:
         write_json_atomic(self.to_json(), path)
 
 
+def read_latency_table(path: str | Path) -> LatencyTable:
+    """The table at ``path``, of whatever setup; ValueError naming the file when it is missing, not
+    JSON or not a latency table (``load_latency_table`` also checks the setup)."""
+    data = read_json(Path(path))  # ValueError naming the file: missing, not JSON
+    try:
+        return LatencyTable.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a valid latency table ({type(exc).__name__}: {exc})") from None
+
+
 def load_latency_table(path: str | Path, expected: dict[str, Any]) -> LatencyTable:
     """The table at ``path`` if its key equals ``expected`` (``latency_key(...)`` of the running
     machine). ValueError names the file and every field that differs (a table of another device,
     input size, batch size, thread count, space or torch version is never reused), or says in one
     line that the file is missing or not a latency table."""
-    path = Path(path)
-    data = read_json(path)  # ValueError naming the file: missing, not JSON
-    try:
-        table = LatencyTable.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a valid latency table ({type(exc).__name__}: {exc})") from None
+    return check_table_setup(read_latency_table(path), expected, path)
+
+
+def check_table_setup(table: LatencyTable, expected: dict[str, Any], path: str | Path) -> LatencyTable:
+    """``table`` (read from ``path``) if its key equals ``expected``; else ValueError naming the file
+    and every field that differs."""
     key = table.key
     differ = [
         f"{k} {key.get(k, '(missing)')!r} (expected {expected.get(k, '(missing)')!r})"
@@ -373,6 +383,19 @@ class _Timing:
                 progress(r)
         reduce = min if self.statistic == "min" else statistics.median
         return [reduce(times) * 1e3 for times in blocks]
+
+
+def _table_timing(table: "LatencyTable", device: torch.device, *, repeats: int | None = None,
+                  warmup: int | None = None, block_seconds: float | None = None,
+                  statistic: str | None = None) -> "_Timing":
+    """How ``table``'s entries were timed (its settings), each setting overridable: what a whole
+    backbone set beside the table is timed with."""
+    s = table.settings
+    return _Timing(device, table.threads,
+                   repeats if repeats is not None else s.get("repeats", 15),
+                   warmup if warmup is not None else s.get("warmup", 5),
+                   block_seconds if block_seconds is not None else s.get("block_seconds", 0.01),
+                   _check_statistic(statistic if statistic is not None else s.get("statistic", "median")))
 
 
 def _check_statistic(statistic: str) -> str:
@@ -588,14 +611,8 @@ def validate_table(
     dev = _torch_device(table.device)
     expected = latency_key(space, table.input_size, table.batch_size, dev, table.threads)
     _refuse_other_setup(table, expected, "validate")
-    s = table.settings
-    timing = _Timing(
-        dev, table.threads,
-        repeats if repeats is not None else s.get("repeats", 15),
-        warmup if warmup is not None else s.get("warmup", 5),
-        block_seconds if block_seconds is not None else s.get("block_seconds", 0.01),
-        _check_statistic(statistic if statistic is not None else s.get("statistic", "median")),
-    )
+    timing = _table_timing(table, dev, repeats=repeats, warmup=warmup, block_seconds=block_seconds,
+                           statistic=statistic)
     rng = np.random.default_rng((seed, _VALIDATION_STREAM))
     archs = [space.sample(rng) for _ in range(n)]
     with _measuring(table.threads):
@@ -628,9 +645,7 @@ def measure_backbone_ms(table: LatencyTable, space: SearchSpace | str, arch: Arc
     dev = _torch_device(table.device)
     expected = latency_key(table.space, table.input_size, table.batch_size, dev, table.threads)
     _refuse_other_setup(table, expected, "measure a backbone")
-    s = table.settings
-    timing = _Timing(dev, table.threads, s.get("repeats", 15), s.get("warmup", 5), s.get("block_seconds", 0.01),
-                     _check_statistic(s.get("statistic", "median")))
+    timing = _table_timing(table, dev)
     with _measuring(table.threads):
         call = _backbone_call(space, arch, table.input_size, table.batch_size, seed, dev)
         (ms,) = timing.ms([call])
@@ -672,11 +687,7 @@ def latency_bound(path: str | Path, space: SearchSpace, max_ms: float, where: st
     (naming ``where`` and the file) for another space's table or a bound no architecture meets."""
     if not max_ms > 0:
         raise ValueError(f"{where}: {max_ms} must be a positive number of milliseconds")
-    data = read_json(Path(path))
-    try:
-        table = LatencyTable.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a valid latency table ({type(exc).__name__}: {exc})") from None
+    table = read_latency_table(path)
     if table.space != space.name:
         raise ValueError(f"{path}: a latency table of space {table.space!r}, not {space.name!r}: measure it again")
     problem = bound_problem(table, max_ms, where, str(path))

@@ -19,25 +19,30 @@ from ..io import read_json, write_json_atomic
 __all__ = ["run_arch_latency", "run_latency_table"]
 
 
-def run_latency_table(*, space: str, input_size: int, batch_size: int, device: str, threads: int, repeats: int,
-                      warmup: int, block_seconds: float, calibration_archs: int, validate: int, seed: int,
-                      detector: dict[str, Any] | None, num_classes: int | None, out: Path, validation_out: Path,
-                      plot_out: Path) -> dict[str, Any]:
-    """Measure the table on this machine (always: a table is never carried over from another run),
-    validate it on ``validate`` seeded random backbones, write the three outputs."""
+# the latency section's settings measure_latency_table takes (a missing or null one: its default)
+_MEASURE_KEYS = ("batch_size", "device", "threads", "repeats", "warmup", "seed", "block_seconds", "calibration_archs")
+
+
+def run_latency_table(*, space: str, settings: dict[str, Any], detector: dict[str, Any] | None,
+                      num_classes: int | None, out: Path, validation_out: Path, plot_out: Path) -> dict[str, Any]:
+    """Measure the table on this machine (always: a table is never carried over from another run)
+    with ``settings`` (the experiment's latency section: input_size and the ``_MEASURE_KEYS``), validate
+    it on ``settings["validate"]`` (10) seeded random backbones, write the three outputs."""
     import torch
 
     from ..latency import measure_latency_table, validate_table
 
+    if settings.get("input_size") is None:
+        raise ValueError("latency settings: give input_size (the detection input's square side)")
+    given = {"threads": 1, **{k: settings[k] for k in _MEASURE_KEYS if settings.get(k) is not None}}
+    device, input_size = given.get("device", "cpu"), int(settings["input_size"])
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("latency.device is cuda but this job sees no GPU: run it on the deployment node "
                          "(the profile's latency resources) or set latency.device: cpu")
     t0 = time.perf_counter()
-    table = measure_latency_table(space, input_size=input_size, batch_size=batch_size, device=device, threads=threads,
-                                  repeats=repeats, warmup=warmup, seed=seed, block_seconds=block_seconds,
-                                  calibration_archs=calibration_archs, detector=detector, num_classes=num_classes)
+    table = measure_latency_table(space, input_size=input_size, **given, detector=detector, num_classes=num_classes)
     table_seconds = time.perf_counter() - t0
-    validation = validate_table(table, space, n=validate, seed=seed)
+    validation = validate_table(table, space, n=int(settings.get("validate") or 10), seed=table.settings["seed"])
     lo, hi = table.bounds()
     summary = {
         "table": str(out),
@@ -56,11 +61,11 @@ def run_latency_table(*, space: str, input_size: int, batch_size: int, device: s
     }
     from ..plots.latency import plot_latency_validation
 
-    plot_latency_validation(validation, f"latency table {space}@{input_size} px, batch {batch_size}, {table.device}, "
-                                              f"{table.threads} thread(s)", plot_out)
+    plot_latency_validation(validation, f"latency table {space}@{input_size} px, batch {table.batch_size}, "
+                                        f"{table.device}, {table.threads} thread(s)", plot_out)
     table.save(out)
     write_json_atomic(summary, validation_out)
-    print(f"latency table of {space} at {input_size} px, batch {batch_size} on {table.device} ({table.threads} "
+    print(f"latency table of {space} at {input_size} px, batch {table.batch_size} on {table.device} ({table.threads} "
           f"thread(s)) in {table_seconds:.1f} s: backbones {lo:.2f}..{hi:.2f} ms (calibration x{table.scale:.3f}); "
           f"against {len(validation.entries)} random backbones: mean error {validation.mean_abs_error_pct:.1f}%, "
           f"worst {validation.worst_abs_error_pct:.1f}% (uncalibrated sum: "
@@ -73,18 +78,17 @@ def run_arch_latency(*, arch_file: Path, table_file: Path, out: Path, seed: int 
     the search's bound reads; None for an architecture of another space than the table's, e.g. a
     width-scaled ShuffleNetV2) and its end-to-end time measured here with the table's settings. The
     table must be this machine's (device, threads, versions): one from another device is refused."""
-    from ..latency import _torch_device, latency_key, load_latency_table, measure_backbone_ms
+    from ..latency import _torch_device, check_table_setup, latency_key, measure_backbone_ms, read_latency_table
     from ..space import get_space
 
     chosen = read_json(arch_file)
     for key in ("arch", "space"):
         if key not in chosen:
             raise ValueError(f"{arch_file}: no {key!r} (not an arch.json)")
-    recorded = read_json(table_file)
-    device = _torch_device(str(recorded.get("device", "cpu")))
-    expected = latency_key(str(recorded.get("space")), int(recorded.get("input_size", 0)),
-                           int(recorded.get("batch_size", 0)), device, recorded.get("threads"))
-    table = load_latency_table(table_file, expected)
+    recorded = read_latency_table(table_file)
+    expected = latency_key(recorded.space, recorded.input_size, recorded.batch_size, _torch_device(recorded.device),
+                           recorded.threads)
+    table = check_table_setup(recorded, expected, table_file)
     space = get_space(chosen["space"])
     arch = space.parse(chosen["arch"])
     same_space = space.name == table.space
